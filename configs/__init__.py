@@ -1,0 +1,1 @@
+"""Family configs shipped as package data (``lcd_cli.configs``)."""

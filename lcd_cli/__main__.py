@@ -1,0 +1,3 @@
+from lcd_cli.cli import app
+
+app(prog_name="lcd")

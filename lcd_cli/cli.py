@@ -1,0 +1,342 @@
+"""The `lcd` command line: parse, validate, call one function, print.
+
+Human output and progress go to stderr; ``--json`` output goes to stdout. Bad input exits 2
+with a one-paragraph message (a traceback only with ``lcd --debug``); a failed check exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lcd_cli import __version__
+from lcd_cli.errors import LcdError
+
+app = typer.Typer(
+    name="lcd",
+    help="Distil long-convolution layers (Hyena, StripedHyena, explicit long convs) into "
+    "diagonal state space models, with measured error.\n\n"
+    "Typical flow: `lcd inspect model.safetensors`, then `lcd distill model.safetensors "
+    "--order 16`, then `lcd verify model.lcd.safetensors --reference model.safetensors`.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+if not err.is_terminal:
+    err.width = max(err.width, 160)  # logs and CI: don't squeeze tables to 80 columns
+
+FamilyOpt = Annotated[str | None, typer.Option(
+    "--family", "-f", help="Family config name (see `lcd families`); several comma-separated. "
+    "Default: detect from the keys.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="Your own family config YAML (schema: docs/config-schema.md).")]
+LengthOpt = Annotated[int | None, typer.Option(
+    "--length", "-L", help="Kernel length to use (truncates a stored kernel; required for modal "
+    "layers whose config gives none).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+    ctx.obj = {"debug": debug}
+
+
+@contextmanager
+def _errors(ctx: typer.Context) -> Iterator[None]:
+    """Turn LcdError into a one-paragraph message and its exit code."""
+    try:
+        yield
+    except LcdError as e:
+        if ctx.obj and ctx.obj.get("debug"):
+            raise
+        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LcdError("--device cuda was asked for but torch sees no CUDA device",
+                       hint="use --device cpu, or install a CUDA build of torch")
+    if name not in ("cpu", "cuda"):
+        raise LcdError(f"unknown device '{name}'", hint="choose auto, cpu or cuda")
+    return name
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+@app.command()
+def families() -> None:
+    """List the built-in family configs."""
+    from lcd_cli.config import builtin_configs
+
+    table = Table(title="Built-in family configs")
+    for col in ("name", "family", "materializer", "description"):
+        table.add_column(col)
+    for cfg in builtin_configs():
+        table.add_row(cfg.name, cfg.family, cfg.materializer, cfg.description)
+    err.print(table)
+
+
+@app.command()
+def inspect(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A .safetensors file, a *.safetensors.index.json, or a folder holding one.")],
+    family: FamilyOpt = None,
+    config: ConfigOpt = None,
+    length: LengthOpt = None,
+    channels: Annotated[int, typer.Option(
+        help="Channels sampled per layer for the compressibility analysis.")] = 16,
+    analysis: Annotated[bool, typer.Option(
+        "--analysis/--no-analysis", help="Materialize kernels and analyse compressibility "
+        "(--no-analysis reads headers only).")] = True,
+    keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor key.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the long-conv layers and show how compressible each kernel is.
+
+    For each layer: channels, kernel length, dtype, generator size, and from the Hankel
+    singular values of the kernel the order needed for a relative l2 error of 1e-2 / 1e-3
+    and the lower bound (Eckart-Young floor) at orders 8/16/32/64.
+    """
+    from lcd_cli.checkpoint import open_checkpoint
+    from lcd_cli.inspection import FLOOR_ORDERS, inspect_checkpoint
+
+    with _errors(ctx), open_checkpoint(checkpoint) as ckpt:
+        if keys:
+            for info in ckpt.tensors.values():
+                err.print(f"{info.name}  {info.dtype}  {list(info.shape)}", highlight=False)
+        result = inspect_checkpoint(ckpt, family=family, config=config, length=length,
+                                    channels=channels, analyse=analysis)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{checkpoint} — {len(result['layers'])} long-conv layer(s), "
+                  f"{result['tensors']} tensors, family {', '.join(result['families'])}")
+    for col in ("layer", "family", "C", "L", "dtype", "gen. params"):
+        table.add_column(col, justify="right" if col in ("C", "L", "gen. params") else "left")
+    if analysis:
+        table.add_column("N@1e-2", justify="right")
+        table.add_column("N@1e-3", justify="right")
+        for n in FLOOR_ORDERS:
+            table.add_column(f"floor@{n}", justify="right")
+    notes = set()
+    for row in result["layers"]:
+        cells = [row["name"], row["family"], str(row["channels"]), str(row["length"]),
+                 row["dtype"], f"{row['generator_params']:,}"]
+        comp = row.get("compressibility")
+        if comp:
+            cap = f">{comp['max_order_searched']}"
+            cells += [str(comp["order_for"][t]) if comp["order_for"][t] else cap
+                      for t in ("0.01", "0.001")]
+            cells += [_fmt(comp["floor_median"][str(n)]) for n in FLOOR_ORDERS]
+            notes.add(f"{comp['channels_sampled']} channel(s) sampled per layer, Hankel SVD "
+                      f"{comp['svd']}")
+        elif analysis:
+            cells += ["skip"] * (2 + len(FLOOR_ORDERS))
+        table.add_row(*cells)
+    err.print(table)
+    if analysis:
+        err.print("N@eps: smallest order whose lower bound is <= eps on every sampled channel; "
+                  "floor@N: median lower bound on the relative l2 error at order N. "
+                  + "; ".join(sorted(notes)), highlight=False)
+
+
+@app.command()
+def distill(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Input checkpoint (file, index or folder).")],
+    order: Annotated[int | None, typer.Option(
+        "--order", "-n", help="Modes per channel (N complex poles, 2N real state numbers).")] = None,
+    tol: Annotated[float | None, typer.Option(
+        "--tol", help="Instead of --order: the smallest order per layer whose worst channel "
+        "relative l2 error is <= TOL (up to --max-order).")] = None,
+    max_order: Annotated[int, typer.Option(help="Largest order tried with --tol.")] = 64,
+    family: FamilyOpt = None,
+    config: ConfigOpt = None,
+    length: LengthOpt = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output checkpoint (default <stem>.lcd.safetensors; a folder "
+        "<folder>-lcd for sharded inputs).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="YAML report (default <stem>.lcd.report.yaml).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the fitter's randomness.")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (layers, keys removed and added) and stop; reads "
+        "headers only.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a diagonal SSM to every long-conv layer and write a new checkpoint plus a report.
+
+    Tensors other than the kernel generators are copied bit for bit; each layer gets
+    <layer>.ssm.poles and <layer>.ssm.residues (float32, (C, N, 2) [real, imag]).
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lcd_cli.checkpoint import open_checkpoint
+    from lcd_cli.distill import plan_distill, run_distill
+
+    with _errors(ctx), open_checkpoint(checkpoint) as ckpt:
+        plan = plan_distill(ckpt, order=order, tol=tol, max_order=max_order, family=family,
+                            config=config, length=length, output=output, report=report,
+                            force=force)
+        if dry_run:
+            desc = plan.describe()
+            if as_json:
+                print(json.dumps(desc, indent=2))
+            else:
+                err.print(f"[bold]plan[/] {desc['source']} -> {desc['output']} "
+                          f"(report {desc['report']})")
+                for la in desc["layers"]:
+                    err.print(f"  {la['name']}  [{la['family']}] C={la['channels']} "
+                              f"L={la['length']}  remove {', '.join(la['remove'])}; add "
+                              f"{', '.join(la['add'])}", highlight=False)
+                for s in desc["skipped"]:
+                    err.print(f"  {s['name']}  skipped: {s['reason']}", highlight=False)
+            return
+        dev = _device(device)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total} layers"),
+                            TimeElapsedColumn(), console=err)
+
+        def on_layer(res: Any) -> None:
+            s = res.stats
+            progress.console.print(
+                f"  {s['name']}: N={s['order']} rel_l2 median {s['rel_l2']['median']:.2e} "
+                f"max {s['rel_l2']['max']:.2e} (floor {s['floor']:.2e}) {s['seconds']:.1f}s",
+                highlight=False)
+            progress.advance(task)
+
+        with progress:
+            task = progress.add_task(f"distilling on {dev}", total=len(plan.layers))
+            result = run_distill(plan, ckpt, device=dev, seed=seed, force=force,
+                                 command=shlex.join(["lcd", *sys.argv[1:]]), on_layer=on_layer)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    _distill_summary(result)
+
+
+def _distill_summary(result: dict[str, Any]) -> None:
+    table = Table(title="lcd distill")
+    for col in ("layer", "N", "rel_l2 median", "rel_l2 max", "hinf_rel", "floor", "|p| max", "s"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for s in result["layers"]:
+        table.add_row(s["name"], str(s["order"]), _fmt(s["rel_l2"]["median"]),
+                      _fmt(s["rel_l2"]["max"]), _fmt(s["hinf_rel"]), _fmt(s["floor"]),
+                      f"{s['max_pole_abs']:.6f}", f"{s['seconds']:.1f}")
+    err.print(table)
+    err.print(f"wrote {result['output']['path']} and the report; "
+              f"{result['totals']['layers']} layer(s) in {result['totals']['seconds']:.1f}s",
+              highlight=False)
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    distilled: Annotated[Path, typer.Argument(help="Checkpoint written by `lcd distill`.")],
+    reference: Annotated[Path, typer.Option(
+        "--reference", "-r", help="The original checkpoint it was distilled from.")],
+    tol: Annotated[float | None, typer.Option(
+        help="Largest relative output error allowed (default: the report's, else 1e-2).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="The distill report (default: next to the distilled checkpoint).")] = None,
+    length: Annotated[int | None, typer.Option(
+        "--length", "-T", help="Input length (default: the kernel length; longer inputs also "
+        "check that the recurrence stays bounded).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the test inputs.")] = 0,
+    channels: Annotated[int | None, typer.Option(
+        help="Check only this many channels per layer (evenly spaced).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the recurrent SSM against the original convolution; exit 1 if any layer fails.
+
+    Each layer is driven with seeded white noise, a smooth input and a step, through three
+    paths (token by token, prefill then steps, chunked scan); the worst relative output error
+    must be <= TOL, every pole inside the unit circle, and nothing NaN/Inf. Exit codes:
+    0 pass, 1 a layer failed, 2 bad input.
+    """
+    from lcd_cli.verify import verify_checkpoint
+
+    with _errors(ctx):
+        result = verify_checkpoint(distilled, reference, tol=tol, report=report, length=length,
+                                   seed=seed, channels=channels)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _verify_summary(result)
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+def _verify_summary(result: dict[str, Any]) -> None:
+    table = Table(title=f"lcd verify (tol {result['tol']:.1e}, T={result['length']})")
+    for col in ("layer", "worst", "|p| max", "finite", "beyond L", "status"):
+        table.add_column(col, justify="left" if col in ("layer", "status") else "right")
+    for row in result["layers"]:
+        beyond = row.get("beyond_length")
+        table.add_row(row["name"], _fmt(row["worst"]), f"{row['max_pole_abs']:.6f}",
+                      str(row["finite"]), _fmt(beyond["deviation"]) if beyond else "-",
+                      "[green]ok[/]" if row["passed"] else f"[red]FAIL[/] {row['reason']}")
+    err.print(table)
+    verdict = "[green]passed[/]" if result["passed"] else "[red]failed[/]"
+    err.print(f"{verdict}: {sum(r['passed'] for r in result['layers'])}/{len(result['layers'])} "
+              "layer(s) within tolerance")
+
+
+@app.command()
+def example(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="hyenadna, stripedhyena or long-conv.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File (or folder with --shards).")],
+    seed: Annotated[int, typer.Option(help="Seed of the weights.")] = 0,
+    dtype: Annotated[str, typer.Option(help="fp32, fp16, bf16 or fp64.")] = "fp32",
+    shards: Annotated[int, typer.Option(help="Write this many shards plus an index.")] = 1,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
+) -> None:
+    """Write a small example checkpoint in a family's real key layout (deterministic)."""
+    from lcd_cli.examples import make_example, write_example
+
+    with _errors(ctx):
+        tensors = make_example(name, seed=seed, dtype=dtype)
+        files = write_example(tensors, output, shards=shards, force=force,
+                              metadata={"lcd_example": name, "lcd_seed": str(seed)})
+    err.print(f"wrote {', '.join(str(f) for f in files)} ({len(tensors)} tensors)",
+              highlight=False)
+
+
+def _not_yet(name: str) -> Callable[..., None]:
+    def command() -> None:
+        err.print(f"[bold red]error:[/] `lcd {name}` is not implemented yet.")
+        raise typer.Exit(2)
+
+    command.__doc__ = f"(not implemented yet) {name}"
+    return command
+
+
+app.command("bench")(_not_yet("bench"))

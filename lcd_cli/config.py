@@ -1,0 +1,150 @@
+"""Family configs: architecture knowledge as data.
+
+A config (``configs/*.yaml``, shipped as package data ``lcd_cli.configs``) says how to find the
+long-convolution layers of one checkpoint layout and how to compute their kernels. The schema
+is documented in ``docs/config-schema.md``; :func:`load_config` checks every field and lists
+every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lcd_cli.errors import LcdError
+
+_FIELDS = {
+    "name": str, "family": str, "description": str, "source": str, "layer": str,
+    "required": list, "optional": list, "generator": list, "skip": (str, type(None)),
+    "materializer": str, "options": dict, "causal": bool, "distill": bool,
+}
+_REQUIRED = ("name", "family", "layer", "required", "generator", "materializer")
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """One checkpoint layout of one long-conv family.
+
+    Attributes:
+        name: id used by ``--family`` (e.g. ``hyenadna-hf``).
+        family: kernel family (``hyena``, ``modal``, ``explicit``...).
+        layer: regex that must fully match a layer's key prefix; named groups (``layer`` for
+            the index, others such as ``parent``) may be used in ``skip``.
+        required: keys relative to the prefix that every layer has (used to find layers).
+        optional: keys relative to the prefix that a layer may have.
+        generator: globs relative to the prefix: the kernel generator, replaced on distillation.
+        skip: template of the full key of the skip term D (``{prefix}``, regex groups), or None.
+        materializer: name of the kernel materializer (see ``lcd_cli.kernels``).
+        options: materializer options (validated by the materializer).
+        causal: False for bidirectional kernels.
+        distill: False for layers that are recognised but left alone (e.g. short filters).
+    """
+
+    name: str
+    family: str
+    layer: re.Pattern[str]
+    required: tuple[str, ...]
+    generator: tuple[str, ...]
+    materializer: str
+    description: str = ""
+    source: str = ""
+    optional: tuple[str, ...] = ()
+    skip: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    causal: bool = True
+    distill: bool = True
+    path: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_config_names() -> list[str]:
+    files = resources.files("lcd_cli.configs")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_builtin(name: str) -> FamilyConfig:
+    known = builtin_config_names()
+    if name not in known:
+        raise LcdError(f"unknown family '{name}'",
+                       hint=f"known families: {', '.join(known)}; or pass --config PATH")
+    text = resources.files("lcd_cli.configs").joinpath(f"{name}.yaml").read_text()
+    return parse_config(text, f"<builtin>/{name}.yaml")
+
+
+def load_config(path: str | Path) -> FamilyConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise LcdError(f"cannot read the config ({e.strerror})", file=path) from e
+    return parse_config(text, str(path))
+
+
+def builtin_configs() -> list[FamilyConfig]:
+    return [load_builtin(n) for n in builtin_config_names()]
+
+
+def parse_config(text: str, origin: str) -> FamilyConfig:
+    """Parse and validate a config; raise one LcdError listing every problem."""
+    # Imported here: kernels imports config types, not the other way round at module level.
+    from lcd_cli.kernels import MATERIALIZERS
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LcdError(f"the config is not valid YAML ({e})", file=origin) from e
+    if not isinstance(doc, dict):
+        raise LcdError("the config must be a YAML mapping", file=origin)
+    problems: list[str] = []
+    for key in doc:
+        if key not in _FIELDS:
+            problems.append(f"unknown field '{key}' (known: {', '.join(_FIELDS)})")
+    for key in _REQUIRED:
+        if key not in doc:
+            problems.append(f"missing field '{key}'")
+    for key, typ in _FIELDS.items():
+        if key in doc and not isinstance(doc[key], typ):
+            want = typ.__name__ if isinstance(typ, type) else "string or null"
+            problems.append(f"field '{key}' must be {want}, got {type(doc[key]).__name__}")
+    for key in ("required", "optional", "generator"):
+        if isinstance(doc.get(key), list) and not all(isinstance(x, str) for x in doc[key]):
+            problems.append(f"field '{key}' must be a list of strings")
+    if isinstance(doc.get("required"), list) and not doc["required"]:
+        problems.append("field 'required' must name at least one key")
+    layer = None
+    if isinstance(doc.get("layer"), str):
+        try:
+            layer = re.compile(doc["layer"])
+        except re.error as e:
+            problems.append(f"field 'layer' is not a valid regex ({e})")
+    materializer = MATERIALIZERS.get(doc.get("materializer", ""))
+    if isinstance(doc.get("materializer"), str) and materializer is None:
+        problems.append(f"unknown materializer '{doc['materializer']}' "
+                        f"(known: {', '.join(sorted(MATERIALIZERS))})")
+    options = doc.get("options") or {}
+    if materializer is not None and isinstance(options, dict):
+        problems += materializer.check_options(options)
+    skip = doc.get("skip")
+    if isinstance(skip, str) and layer is not None:
+        names = set(layer.groupindex) | {"prefix"}
+        used = set(re.findall(r"{(\w+)}", skip))
+        if used - names:
+            problems.append(f"field 'skip' uses {sorted(used - names)}, not groups of 'layer' "
+                            f"nor 'prefix'")
+    if problems:
+        raise LcdError("invalid config: " + "; ".join(problems), file=origin,
+                       hint="see docs/config-schema.md")
+    assert layer is not None and materializer is not None
+    return FamilyConfig(
+        name=doc["name"], family=doc["family"], layer=layer,
+        required=tuple(doc["required"]), generator=tuple(doc["generator"]),
+        materializer=doc["materializer"], description=doc.get("description", ""),
+        source=doc.get("source", ""), optional=tuple(doc.get("optional") or ()),
+        skip=skip, options=materializer.resolve_options(options),
+        causal=doc.get("causal", True), distill=doc.get("distill", True), path=origin, raw=doc,
+    )

@@ -1,0 +1,171 @@
+"""Small, deterministic example checkpoints in the real key layouts of each family.
+
+They hold the long-conv generators plus the surrounding tensors a real model has (embeddings,
+projections, norms, an attention block), so pass-through and detection are exercised too.
+Weights are drawn from a seeded generator with upstream-like initialisation; the kernels look
+like trained ones (smooth, decaying) rather than pure noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lcd_cli.checkpoint import OutEntry, atomic_output, write_index, write_safetensors
+from lcd_cli.errors import LcdError
+
+Tensors = dict[str, Tensor]
+
+
+def _uniform(g: torch.Generator, *shape: int, fan_in: int) -> Tensor:
+    bound = 1 / math.sqrt(fan_in)
+    return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
+
+
+def hyenadna(g: torch.Generator, d_model: int = 64, n_layers: int = 2, l_max: int = 1026,
+             emb_dim: int = 5, width: int = 64, sin_freq: float = 1.0) -> Tensors:
+    """HyenaDNA "-hf" layout (hyena.backbone.layers.{i}.mixer.filter_fn.*)."""
+    from lcd_cli.kernels.hyena import positional_features
+
+    z, t = positional_features(l_max, emb_dim)
+    # HyenaDNA ExponentialModulation init: fast 0.3, slow 1.5, target 1e-2.
+    deltas = torch.linspace(math.log(1e-2) / 1.5, math.log(1e-2) / 0.3, d_model, dtype=torch.float64)
+    out: Tensors = {"hyena.backbone.embeddings.word_embeddings.weight": torch.randn(
+        16, d_model, generator=g, dtype=torch.float64)}
+    for i in range(n_layers):
+        b = f"hyena.backbone.layers.{i}"
+        f = f"{b}.mixer.filter_fn"
+        out |= {
+            f"{b}.norm1.weight": torch.ones(d_model, dtype=torch.float64),
+            f"{b}.norm1.bias": torch.zeros(d_model, dtype=torch.float64),
+            f"{b}.mixer.in_proj.weight": _uniform(g, 3 * d_model, d_model, fan_in=d_model),
+            f"{b}.mixer.in_proj.bias": _uniform(g, 3 * d_model, fan_in=d_model),
+            f"{b}.mixer.short_filter.weight": _uniform(g, 3 * d_model, 1, 3, fan_in=3),
+            f"{b}.mixer.short_filter.bias": _uniform(g, 3 * d_model, fan_in=3),
+            f"{b}.mixer.out_proj.weight": _uniform(g, d_model, d_model, fan_in=d_model),
+            f"{b}.mixer.out_proj.bias": _uniform(g, d_model, fan_in=d_model),
+            f"{f}.bias": torch.randn(d_model, generator=g, dtype=torch.float64),
+            f"{f}.pos_emb.z": z[None].clone(),
+            f"{f}.pos_emb.t": t[None].clone(),
+            f"{f}.implicit_filter.0.weight": _uniform(g, width, emb_dim, fan_in=emb_dim),
+            f"{f}.implicit_filter.0.bias": _uniform(g, width, fan_in=emb_dim),
+            f"{f}.implicit_filter.1.freq": torch.full((1, width), sin_freq, dtype=torch.float64),
+            f"{f}.implicit_filter.2.weight": _uniform(g, width, width, fan_in=width),
+            f"{f}.implicit_filter.2.bias": _uniform(g, width, fan_in=width),
+            f"{f}.implicit_filter.4.weight": _uniform(g, width, width, fan_in=width),
+            f"{f}.implicit_filter.4.bias": _uniform(g, width, fan_in=width),
+            f"{f}.implicit_filter.6.weight": _uniform(g, d_model, width, fan_in=width),
+            f"{f}.modulation.deltas": deltas[None, None].clone(),
+            f"{b}.norm2.weight": torch.ones(d_model, dtype=torch.float64),
+            f"{b}.norm2.bias": torch.zeros(d_model, dtype=torch.float64),
+            f"{b}.mlp.fc1.weight": _uniform(g, 4 * d_model, d_model, fan_in=d_model),
+            f"{b}.mlp.fc2.weight": _uniform(g, d_model, 4 * d_model, fan_in=4 * d_model),
+        }
+    out["hyena.backbone.ln_f.weight"] = torch.ones(d_model, dtype=torch.float64)
+    return out
+
+
+def stripedhyena(g: torch.Generator, d_model: int = 64, n_blocks: int = 3, modes: int = 8
+                 ) -> Tensors:
+    """StripedHyena / Evo-1 layout: hyena blocks 0, 2, ... and attention blocks between."""
+    out: Tensors = {"backbone.embedding_layer.weight": torch.randn(
+        32, d_model, generator=g, dtype=torch.float64)}
+    for i in range(n_blocks):
+        b = f"backbone.blocks.{i}"
+        out[f"{b}.pre_norm.scale"] = torch.ones(d_model, dtype=torch.float64)
+        if i % 2:
+            out[f"{b}.inner_mha_cls.Wqkv.weight"] = _uniform(g, 3 * d_model, d_model, fan_in=d_model)
+            out[f"{b}.inner_mha_cls.out_proj.weight"] = _uniform(g, d_model, d_model,
+                                                                 fan_in=d_model)
+            continue
+        radius = 1 - torch.exp(torch.empty(d_model, modes, dtype=torch.float64).uniform_(
+            math.log(1e-3), math.log(0.3), generator=g))  # |p| in (0.7, 0.999)
+        angle = torch.empty(d_model, modes, dtype=torch.float64).uniform_(0, math.pi, generator=g)
+        poles = torch.polar(radius, angle)  # (C, N)
+        residues = torch.complex(torch.randn(d_model, modes, generator=g, dtype=torch.float64),
+                                 torch.randn(d_model, modes, generator=g, dtype=torch.float64))
+        residues = residues * (1 - radius)  # keep the kernel's gain moderate
+        out |= {
+            f"{b}.projections.weight": _uniform(g, 3 * d_model, d_model, fan_in=d_model),
+            f"{b}.filter.short_filter_weight": _uniform(g, 3 * d_model, 1, 3, fan_in=3),
+            f"{b}.filter.poles": torch.view_as_real(poles)[:, :, None].clone(),
+            f"{b}.filter.residues": torch.view_as_real(residues)[:, :, None].clone(),
+            f"{b}.filter.D": torch.randn(d_model, generator=g, dtype=torch.float64),
+            f"{b}.out_filter_dense.weight": _uniform(g, d_model, d_model, fan_in=d_model),
+            f"{b}.mlp.l1.weight": _uniform(g, 2 * d_model, d_model, fan_in=d_model),
+        }
+    out["backbone.norm.scale"] = torch.ones(d_model, dtype=torch.float64)
+    return out
+
+
+def long_conv(g: torch.Generator, d_model: int = 64, n_layers: int = 2, length: int = 1024,
+              channels: int = 1) -> Tensors:
+    """safari long_conv layout (backbone.layers.{i}.mixer.kernel.kernel (channels, H, L))."""
+    t = torch.arange(length, dtype=torch.float64)
+    out: Tensors = {"encoder.weight": _uniform(g, d_model, 1, fan_in=1)}
+    for i in range(n_layers):
+        m = f"backbone.layers.{i}.mixer"
+        decay = torch.exp(torch.empty(channels, d_model, 1, dtype=torch.float64).uniform_(
+            math.log(2.0), math.log(length / 2), generator=g))
+        freq = torch.empty(channels, d_model, 3, 1, dtype=torch.float64).uniform_(
+            0, 0.2, generator=g)
+        amp = torch.randn(channels, d_model, 3, 1, generator=g, dtype=torch.float64)
+        smooth = (amp * torch.cos(freq * t)).sum(2) * torch.exp(-t / decay)  # (channels, H, L)
+        noise = 2e-4 * torch.randn(channels, d_model, length, generator=g, dtype=torch.float64)
+        out |= {
+            f"{m}.kernel.kernel": 0.05 * smooth + noise,
+            f"{m}.D": torch.randn(channels, d_model, generator=g, dtype=torch.float64),
+            f"{m}.output_linear.0.weight": _uniform(g, 2 * d_model, channels * d_model,
+                                                    fan_in=channels * d_model),
+            f"backbone.norms.{i}.weight": torch.ones(d_model, dtype=torch.float64),
+        }
+    out["decoder.weight"] = _uniform(g, 10, d_model, fan_in=d_model)
+    return out
+
+
+EXAMPLES: dict[str, Callable[..., Tensors]] = {
+    "hyenadna": hyenadna,
+    "stripedhyena": stripedhyena,
+    "long-conv": long_conv,
+}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+           "fp64": torch.float64}
+
+
+def make_example(name: str, seed: int = 0, dtype: str = "fp32", **sizes: int) -> Tensors:
+    if name not in EXAMPLES:
+        raise LcdError(f"unknown example '{name}'", hint=f"choose one of {', '.join(EXAMPLES)}")
+    if dtype not in _DTYPES:
+        raise LcdError(f"unknown dtype '{dtype}'", hint=f"choose one of {', '.join(_DTYPES)}")
+    g = torch.Generator().manual_seed(seed)
+    tensors = EXAMPLES[name](g, **sizes)
+    # Modal parameters stay float32 (upstream keeps them in fp32 whatever the model dtype).
+    keep = ("filter.poles", "filter.residues")
+    return {k: v.to(torch.float32 if k.endswith(keep) and dtype != "fp64" else _DTYPES[dtype])
+            for k, v in tensors.items()}
+
+
+def write_example(tensors: Tensors, output: Path, *, shards: int = 1, force: bool = False,
+                  metadata: dict[str, str] | None = None) -> list[Path]:
+    """Write one file, or ``shards`` shards plus an index in the folder ``output``."""
+    meta = {"format": "pt", **(metadata or {})}
+    if shards <= 1:
+        with atomic_output(output, force=force) as tmp:
+            write_safetensors(tmp, [OutEntry.tensor(k, v) for k, v in tensors.items()], meta)
+        return [output]
+    names = list(tensors)
+    per = math.ceil(len(names) / shards)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    with atomic_output(output, force=force, directory=True) as tmp:
+        weight_map = {}
+        for i, fname in enumerate(files):
+            chunk = names[i * per : (i + 1) * per]
+            write_safetensors(tmp / fname, [OutEntry.tensor(k, tensors[k]) for k in chunk], meta)
+            weight_map |= dict.fromkeys(chunk, fname)
+        total = sum(v.numel() * v.element_size() for v in tensors.values())
+        write_index(tmp / "model.safetensors.index.json", weight_map, total, {})
+    return [output / "model.safetensors.index.json"] + [output / f for f in files]

@@ -1,0 +1,643 @@
+"""Fit long-convolution kernels with modal (diagonal SSM) kernels, batched over channels.
+
+Dimensions:
+    C  channels (independent kernels; processed in memory-bounded chunks)
+    N  complex modes per channel (real state size 2N)
+    K  candidate modes before selection (<= 2N) or real columns (2N or 4N)
+    L  kernel length (LW: the refinement window, min(L, _REFINE_WINDOW))
+    T  time-chunk length of the streaming sums
+    m  Hankel rows of the ERA window
+
+Model: h_hat[c, t] = Re sum_n R[c, n] p[c, n]^t, p = exp(s) with s the log-pole.
+With R = a + i b the model is linear in the 2N real unknowns x = [a; b] over the real columns
+u_n[t] = Re p_n^t and v_n[t] = Re(i p_n^t) = -Im p_n^t.
+
+Method:
+1. Poles (`_era_poles`): Kung's subspace method (Kung 1978; ERA, Juang & Pappa 1985) on the
+   finite window h[:W]: leading r = 2N left singular vectors U of the Hankel matrix (randomized
+   SVD with FFT products for long windows), shift invariance U[1:] ~ U[:-1] A, poles = eig(A).
+   The real rank is 2N because the output is Re(...): a conjugate pair collapses into one
+   complex mode (doubled residue), a real pole uses one mode. Poles outside the unit disk are
+   reflected (p -> 1/conj p) and radii clamped to [_R_MIN, _R_MAX]. With more than N candidate
+   modes (real poles), the N of largest least-squares energy are kept; with fewer (short
+   windows), distinct padding poles fill the rest.
+2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
+   a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
+   L x N matrix is formed; the right-hand sides sum_t h[t] p^t are streamed in time chunks.
+3. Refinement (`_refine`): Levenberg-Marquardt on the log-poles with variable projection
+   (Golub & Pereyra 1973; Kaufman 1975 Jacobian): residues are eliminated by least squares at
+   every step, J = -(I - P_A) dA/ds x. J^T J and the gradient also reduce to closed-form
+   geometric sums plus one streamed pass per trial. Per-channel damping; a step is accepted
+   only where it lowers the error; poles stay inside the disk.
+4. Float32 safety: final poles are rounded to complex64 and the residues re-solved for the
+   rounded poles (over the full length L), so storing (poles, residues) as complex64 costs only
+   the residue rounding. The reported error is computed directly, not from the normal equations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import LcdError
+from .hankel import hankel_shape, hankel_svd
+
+_R_MAX = 1.0 - 1e-6  # pole radius cap: strictly stable, also after complex64 rounding
+_R_MIN = 1e-6  # pole radius floor: keeps log-poles finite
+_S_RE_MAX = math.log(_R_MAX)
+_S_RE_MIN = math.log(_R_MIN)
+_ERA_WINDOW = 8192  # samples used by the subspace step
+_REFINE_WINDOW = 65536  # samples used by the refinement (the final residues use all L)
+_EXACT_ROWS = 256  # dense Hankel SVD up to this many rows, randomized above
+_REFINE_ITERS = 40
+_RIDGE = 1e-12  # Tikhonov term on the unit-diagonal-scaled Gram matrix
+_SERIES_TERMS = 22  # Taylor terms of the geometric sums for |sigma L| <= 1
+_STREAM_BUDGET = 1 << 22  # complex elements of one (C, N, T) block of powers
+_CHANNEL_BUDGET = 1 << 23  # float64 words of per-chunk (C, 4N, 4N) work arrays
+_FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-eq. resolution)
+
+
+@dataclass
+class FitResult:
+    """A fitted modal kernel per channel (CPU tensors).
+
+    Attributes:
+        poles: (C, N) complex128, |p| < 1.
+        residues: (C, N) complex128.
+        rel_l2: (C,) float64, ||h - h_hat|| / max(||h||, tiny), tiny = 1e-12 max_c ||h_c||.
+        method: name of the method.
+        order: N.
+    """
+
+    poles: Tensor
+    residues: Tensor
+    rel_l2: Tensor
+    method: str
+    order: int
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_kernel(h: Tensor) -> Tensor:
+    """Validate (C, L) real kernels; return float64."""
+    if not isinstance(h, Tensor) or h.ndim != 2:
+        shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+        raise LcdError(f"kernels must be a (channels, length) tensor, got {shape}")
+    if h.is_complex():
+        raise LcdError("kernels must be real, got a complex tensor")
+    h = h.to(torch.float64)
+    if h.numel() and not bool(torch.isfinite(h).all()):
+        raise LcdError("kernels contain NaN or Inf", hint="check the checkpoint or the config")
+    return h
+
+
+def _check_order(order: int, length: int) -> int:
+    """1 <= N <= L - 1, else LcdError naming the order and the range."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise LcdError(f"order must be an integer, got {order!r}", key="order")
+    if length < 2:
+        raise LcdError(
+            f"kernel length {length} is too short to fit (order {order}): need length >= 2",
+            key="order",
+        )
+    if not 1 <= order <= length - 1:
+        raise LcdError(
+            f"order {order} is out of range: valid orders are 1 to {length - 1} "
+            f"for kernels of length {length}",
+            key="order",
+            hint=f"choose an order between 1 and {length - 1}",
+        )
+    return order
+
+
+def rel_l2_error(h: Tensor, h_hat: Tensor) -> Tensor:
+    """||h - h_hat|| / max(||h||, tiny) per channel, tiny = 1e-12 * max_c ||h_c||.
+
+    Args:
+        h, h_hat: (C, L).
+    Returns:
+        (C,) float64.
+    """
+    h = h.to(torch.float64)
+    norm = torch.linalg.vector_norm(h, dim=-1)  # (C,)
+    tiny = 1e-12 * norm.max() if norm.numel() else norm.new_tensor(0.0)
+    den = torch.maximum(norm, tiny)  # (C,)
+    err = torch.linalg.vector_norm(h - h_hat.to(torch.float64), dim=-1)  # (C,)
+    return torch.where(den > 0, err / torch.where(den > 0, den, 1.0), err)
+
+
+# ----------------------------------------------------------------------------- geometric sums
+
+
+def _wrap_imag(z: Tensor) -> Tensor:
+    """Shift Im z into [-pi, pi): exact for e^{z t} at integer t."""
+    im = torch.remainder(z.imag + math.pi, 2 * math.pi) - math.pi
+    return torch.complex(z.real, im)
+
+
+def _cexpm1(z: Tensor) -> Tensor:
+    """exp(z) - 1 for complex z, accurate near 0 (device-agnostic)."""
+    a, b = z.real, z.imag
+    re = torch.expm1(a) * torch.cos(b) - 2.0 * torch.sin(0.5 * b) ** 2
+    im = torch.exp(a) * torch.sin(b)
+    return torch.complex(re, im)
+
+
+_POWER_MEANS: dict[tuple[int, str], Tensor] = {}
+
+
+def _power_means(length: int, device: torch.device) -> Tensor:
+    """Q_j = (1/L) sum_{t<L} (t/L)^j for j = 0 .. _SERIES_TERMS + 2: (J,) float64."""
+    key = (length, str(device))
+    if key not in _POWER_MEANS:
+        x = torch.arange(length, dtype=torch.float64, device=device) / length  # (L,)
+        j = torch.arange(_SERIES_TERMS + 3, dtype=torch.float64, device=device)  # (J,)
+        # Chunked over t: (J, T) at a time.
+        acc = torch.zeros(len(j), dtype=torch.float64, device=device)  # (J,)
+        for start in range(0, length, 1 << 16):
+            acc += (x[None, start : start + (1 << 16)] ** j[:, None]).sum(-1)
+        if len(_POWER_MEANS) > 16:
+            _POWER_MEANS.clear()
+        _POWER_MEANS[key] = acc / length
+    return _POWER_MEANS[key]
+
+
+def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
+    """S_k(sigma) = sum_{t<L} t^k e^{sigma t} for k = 0 .. kmax (kmax <= 2), elementwise.
+
+    Closed forms from S_0 = (e^{L sigma} - 1) / (e^sigma - 1) and its sigma-derivatives when
+    |sigma L| > 1; the Taylor series L^{k+1} sum_j (sigma L)^j / j! Q_{k+j} otherwise.
+
+    Args:
+        sigma: (...) complex with Re sigma <= 0.
+    Returns:
+        [S_0, ..., S_kmax], each (...) complex.
+    """
+    sigma = _wrap_imag(sigma)
+    big_l = float(length)
+    u = sigma * big_l  # (...)
+    small = u.abs() <= 1.0  # (...)
+    # Closed form (evaluate on a safe argument where the series is used).
+    sg = torch.where(small, torch.full_like(sigma, -1.0), sigma)  # (...)
+    e = torch.exp(sg)  # (...)
+    d = _cexpm1(sg)  # (...)
+    big_e = torch.exp(sg * big_l)  # (...)
+    em1 = _cexpm1(sg * big_l)  # (...)
+    closed = [em1 / d]
+    if kmax >= 1:
+        closed.append(big_l * big_e / d - em1 * e / d**2)
+    if kmax >= 2:
+        closed.append(
+            big_l**2 * big_e / d
+            - 2.0 * big_l * big_e * e / d**2
+            - em1 * e / d**2
+            + 2.0 * em1 * e**2 / d**3
+        )
+    # Series.
+    q = _power_means(length, sigma.device).to(sigma.dtype)  # (J,) as complex
+    us = torch.where(small, u, torch.zeros_like(u))  # (...)
+    out: list[Tensor] = []
+    for k in range(kmax + 1):
+        acc = torch.zeros_like(sigma)  # (...)
+        term = torch.ones_like(sigma)  # (...) u^j / j!
+        for j in range(_SERIES_TERMS):
+            acc = acc + term * q[k + j]
+            term = term * us / (j + 1)
+        series = acc * big_l ** (k + 1)  # (...)
+        out.append(torch.where(small, series, closed[k]))
+    return out
+
+
+# ----------------------------------------------------------------------------- streamed sums
+
+
+def _time_chunk(c: int, n: int, length: int) -> int:
+    return int(max(64, min(length, _STREAM_BUDGET // max(1, c * n))))
+
+
+def _moments(h: Tensor, s: Tensor, length: int, with_t: bool) -> tuple[Tensor, Tensor | None]:
+    """z[c, n] = sum_{t<L} h[c, t] e^{s t} and (optionally) d[c, n] = sum_t t h[c, t] e^{s t}.
+
+    Streams over time chunks: the (C, N, T) block of powers e^{s tau} is built once and
+    shifted by e^{s t0} per chunk, so memory is O(C N T).
+
+    Args:
+        h: (C, >= L) float64.
+        s: (C, N) complex128 log-poles.
+    Returns:
+        z (C, N) complex, d (C, N) complex or None.
+    """
+    c, n = s.shape
+    chunk = _time_chunk(c, n, length)
+    tau = torch.arange(chunk, dtype=torch.float64, device=s.device)  # (T,)
+    powers = torch.exp(s[:, :, None] * tau)  # (C, N, T)
+    z = torch.zeros(c, n, dtype=s.dtype, device=s.device)  # (C, N)
+    d = torch.zeros_like(z) if with_t else None  # (C, N)
+    for t0 in range(0, length, chunk):
+        width = min(chunk, length - t0)
+        hc = h[:, t0 : t0 + width].to(s.dtype)  # (C, T')
+        rhs = torch.stack([hc, hc * tau[:width]], -1) if with_t else hc[..., None]  # (C, T', 1|2)
+        prod = powers[:, :, :width] @ rhs  # (C, N, 1|2)
+        base = torch.exp(s * t0)  # (C, N)
+        z += base * prod[..., 0]
+        if d is not None:
+            d += base * (t0 * prod[..., 0] + prod[..., 1])
+    return z, d
+
+
+def _evaluate(s: Tensor, residues: Tensor, length: int) -> Tensor:
+    """h_hat[c, t] = Re sum_n R[c, n] e^{s[c, n] t}, streamed over time.
+
+    Args:
+        s, residues: (C, N) complex128.
+    Returns:
+        (C, L) float64.
+    """
+    c, n = s.shape
+    chunk = _time_chunk(c, n, length)
+    tau = torch.arange(chunk, dtype=torch.float64, device=s.device)  # (T,)
+    powers = torch.exp(s[:, :, None] * tau)  # (C, N, T)
+    out = torch.empty(c, length, dtype=torch.float64, device=s.device)  # (C, L)
+    for t0 in range(0, length, chunk):
+        width = min(chunk, length - t0)
+        coef = (residues * torch.exp(s * t0))[:, None, :]  # (C, 1, N)
+        out[:, t0 : t0 + width] = (coef @ powers[:, :, :width])[:, 0].real  # (C, T')
+    return out
+
+
+# ----------------------------------------------------------------------------- least squares
+
+
+def _gram_blocks(
+    s: Tensor, gam_row: Tensor, gam_col: Tensor, tabs_p: Tensor, tabs_q: Tensor
+) -> Tensor:
+    """Real inner products <Re(g_k t^a z_k), Re(g_l t^b z_l)> for column families.
+
+    Uses Re(x) Re(y) = (Re(x y) + Re(x conj y)) / 2:
+        M[k, l] = 0.5 Re(g_k g_l P[k, l] + g_k conj(g_l) Q[k, l]),
+    P = S_{a+b}(s_k + s_l), Q = S_{a+b}(s_k + conj s_l) (indexed per column).
+
+    Args:
+        gam_row: (C, K1) complex; gam_col: (C, K2) complex.
+        tabs_p, tabs_q: (C, K1, K2) complex.
+    Returns:
+        (C, K1, K2) float64.
+    """
+    gr = gam_row[:, :, None]  # (C, K1, 1)
+    return 0.5 * (gr * gam_col[:, None, :] * tabs_p + gr * gam_col.conj()[:, None, :] * tabs_q).real
+
+
+def _pair_tables(s: Tensor, length: int, kmax: int) -> tuple[list[Tensor], list[Tensor]]:
+    """S_k(s_i + s_j) and S_k(s_i + conj s_j) for k <= kmax, each (C, N, N) complex."""
+    sp = s[:, :, None] + s[:, None, :]  # (C, N, N)
+    sq = s[:, :, None] + s.conj()[:, None, :]  # (C, N, N)
+    both = _geom_sums(torch.stack([sp, sq]), length, kmax)  # [(2, C, N, N)] * (kmax + 1)
+    return [b[0] for b in both], [b[1] for b in both]
+
+
+def _rep2(x: Tensor) -> Tensor:
+    """(C, N, N) -> (C, 2N, 2N) by repeating the pole index for the [u, v] column pairs."""
+    return x.repeat(1, 2, 2)
+
+
+def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Solve (G + ridge) x = b after unit-diagonal scaling; masked columns get x = 0.
+
+    Args:
+        g: (C, K, K) symmetric PSD; b: (C, K); mask: (C, K) bool, True = active.
+    Returns:
+        (C, K).
+    """
+    diag = torch.diagonal(g, dim1=-2, dim2=-1)  # (C, K)
+    scale = torch.sqrt(diag.clamp_min(0.0))  # (C, K)
+    ref = scale.max(dim=-1, keepdim=True).values  # (C, 1)
+    ok = scale > 1e-150 + 1e-30 * ref  # (C, K)
+    if mask is not None:
+        ok = ok & mask
+    inv = torch.where(ok, 1.0 / torch.where(ok, scale, 1.0), 0.0)  # (C, K)
+    gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K), unit diagonal where ok
+    eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)  # (K, K)
+    gs = gs + eye * torch.where(ok, _RIDGE, 1.0)[:, None, :]  # (C, K, K)
+    y = torch.linalg.solve(gs, (b * inv)[..., None])[..., 0]  # (C, K)
+    return y * inv
+
+
+def _solve_residues(
+    h: Tensor, s: Tensor, length: int, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Least-squares residues for fixed log-poles over t < length.
+
+    Args:
+        h: (C, >= L) float64; s: (C, N) complex128; mask: (C, N) bool (False = unused mode).
+    Returns:
+        residues (C, N) complex128, squared residual (C,) from the normal equations.
+    """
+    n = s.shape[1]
+    z, _ = _moments(h, s, length, with_t=False)  # (C, N)
+    tp, tq = _pair_tables(s, length, 0)
+    ones = torch.ones_like(s)  # (C, N)
+    gam = torch.cat([ones, 1j * ones], dim=1)  # (C, 2N)
+    g = _gram_blocks(s, gam, gam, _rep2(tp[0]), _rep2(tq[0]))  # (C, 2N, 2N)
+    b = (gam * torch.cat([z, z], dim=1)).real  # (C, 2N)
+    m2 = torch.cat([mask, mask], dim=1) if mask is not None else None  # (C, 2N)
+    x = _ridge_solve(g, b, m2)  # (C, 2N)
+    h2 = (h[:, :length] ** 2).sum(-1)  # (C,)
+    res2 = h2 - 2 * (b * x).sum(-1) + (x[:, None, :] @ g @ x[:, :, None])[:, 0, 0]  # (C,)
+    return torch.complex(x[:, :n], x[:, n:]), res2
+
+
+# ----------------------------------------------------------------------------- poles
+
+
+def _stabilize(p: Tensor) -> Tensor:
+    """Reflect |p| > 1 into the disk (p -> 1/conj p), clamp |p| to [_R_MIN, _R_MAX]."""
+    r = p.abs()  # (...)
+    p = torch.where(r > 1.0, p / (r * r), p)  # (...)
+    r = p.abs()
+    ang = torch.where(r > 0, torch.angle(p), torch.zeros_like(r))  # (...)
+    return torch.polar(r.clamp(_R_MIN, _R_MAX), ang)
+
+
+def _pad_poles(c: int, count: int, device: torch.device) -> Tensor:
+    """Distinct stable filler poles, radius 0.5, angles spread over (0, pi): (C, count)."""
+    ang = math.pi * (torch.arange(count, dtype=torch.float64, device=device) + 0.5) / max(count, 1)
+    p = torch.polar(torch.full_like(ang, 0.5), ang)  # (count,)
+    return p.expand(c, count).clone()
+
+
+def _collapse_eigs(lam: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues of a real matrix -> candidate modes: one per conjugate pair, one per real.
+
+    Args:
+        lam: (C, K) complex eigenvalues.
+    Returns:
+        poles (C, K) complex (stabilized; real ones made exactly real), valid (C, K) bool.
+    """
+    tol = 1e-9 * (lam.abs() + 1e-300)  # (C, K)
+    is_real = lam.imag.abs() <= tol  # (C, K)
+    valid = is_real | (lam.imag > tol)  # (C, K)
+    lam = torch.where(is_real, torch.complex(lam.real, torch.zeros_like(lam.real)), lam)
+    return _stabilize(lam), valid
+
+
+def _select_modes(
+    h: Tensor, cand: Tensor, valid: Tensor, order: int, length: int
+) -> Tensor:
+    """Keep the `order` candidate modes of largest least-squares energy; pad if too few.
+
+    Args:
+        h: (C, >= L); cand: (C, K) complex poles; valid: (C, K) bool.
+    Returns:
+        (C, order) complex poles.
+    """
+    c, k = cand.shape
+    s = torch.log(cand)  # (C, K)
+    res, _ = _solve_residues(h, s, length, valid)  # (C, K)
+    s0 = _geom_sums(2 * s.real.to(s.dtype), length, 0)[0].real  # (C, K) sum |p|^{2t}
+    energy = torch.where(valid, res.abs() ** 2 * s0, -math.inf)  # (C, K)
+    pad = _pad_poles(c, order, cand.device)  # (C, order)
+    allp = torch.cat([cand, pad], dim=1)  # (C, K + order)
+    alle = torch.cat([energy, torch.full((c, order), -1.0, device=cand.device)], dim=1)
+    idx = torch.topk(alle, order, dim=1).indices  # (C, order)
+    return torch.gather(allp, 1, idx)
+
+
+def _era_poles(h: Tensor, order: int, seed: int) -> Tensor:
+    """Initial log-poles by Kung's method on the window h[:, :W].
+
+    Args:
+        h: (C, L) float64.
+    Returns:
+        (C, order) complex128 log-poles.
+    """
+    c, length = h.shape
+    w = min(length, _ERA_WINDOW)
+    hw = h[:, :w]  # (C, W)
+    m, n = hankel_shape(w)
+    r = min(2 * order, m - 1, n)
+    if r < 1:
+        return torch.log(_pad_poles(c, order, h.device))
+    u, _, _, _ = hankel_svd(hw, r, exact_max_rows=_EXACT_ROWS, seed=seed)  # (C, m, r)
+    assert u is not None
+    u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
+    u1t = u1.transpose(-1, -2)  # (C, r, m-1)
+    a = torch.linalg.solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
+    lam = torch.linalg.eigvals(a)  # (C, r)
+    cand, valid = _collapse_eigs(lam)  # (C, r)
+    poles = _select_modes(hw, cand, valid, order, w)  # (C, order)
+    return torch.log(poles)
+
+
+# ----------------------------------------------------------------------------- refinement
+
+
+def _vp_state(h: Tensor, s: Tensor, length: int, h2: Tensor) -> dict[str, Tensor]:
+    """Variable-projection quantities at log-poles s over t < length.
+
+    Returns a dict with x (C, 2N) residue coefficients [Re R; Im R], f (C,) squared residual,
+    jtj (C, 2N, 2N) Kaufman Gauss-Newton matrix, grad (C, 2N) = j^T r (descent direction
+    for the [Re s; Im s] parameters).
+    """
+    n = s.shape[1]
+    z, d = _moments(h, s, length, with_t=True)  # (C, N), (C, N)
+    assert d is not None
+    tp, tq = _pair_tables(s, length, 2)  # 3 x (C, N, N)
+    ones = torch.ones_like(s)  # (C, N)
+    gam_a = torch.cat([ones, 1j * ones], dim=1)  # (C, 2N)
+    g = _gram_blocks(s, gam_a, gam_a, _rep2(tp[0]), _rep2(tq[0]))  # (C, 2N, 2N)
+    b = (gam_a * torch.cat([z, z], dim=1)).real  # (C, 2N)
+    x = _ridge_solve(g, b)  # (C, 2N)
+    f = h2 - 2 * (b * x).sum(-1) + (x[:, None, :] @ g @ x[:, :, None])[:, 0, 0]  # (C,)
+    res = torch.complex(x[:, :n], x[:, n:])  # (C, N)
+    gam_j = torch.cat([res, 1j * res], dim=1)  # (C, 2N): d/dRe s, d/dIm s columns
+    kja = _gram_blocks(s, gam_j, gam_a, _rep2(tp[1]), _rep2(tq[1]))  # (C, 2N, 2N) <j, A>
+    jj = _gram_blocks(s, gam_j, gam_j, _rep2(tp[2]), _rep2(tq[2]))  # (C, 2N, 2N) <j, j>
+    bj = (gam_j * torch.cat([d, d], dim=1)).real  # (C, 2N) <j, h>
+    grad = bj - (kja @ x[:, :, None])[..., 0]  # (C, 2N) = j^T r
+    # Projected Gauss-Newton matrix j^T (I - P_A) j = jj - K G^-1 K^T.
+    gk = _ridge_solve_many(g, kja.transpose(-1, -2))  # (C, 2N, 2N) = G^-1 K^T
+    jtj = jj - kja @ gk  # (C, 2N, 2N)
+    jtj = 0.5 * (jtj + jtj.transpose(-1, -2))
+    return {"x": x, "f": f, "jtj": jtj, "grad": grad}
+
+
+def _ridge_solve_many(g: Tensor, b: Tensor) -> Tensor:
+    """_ridge_solve for a matrix right-hand side. g (C, K, K), b (C, K, M) -> (C, K, M)."""
+    diag = torch.diagonal(g, dim1=-2, dim2=-1)  # (C, K)
+    scale = torch.sqrt(diag.clamp_min(0.0))  # (C, K)
+    ref = scale.max(dim=-1, keepdim=True).values  # (C, 1)
+    ok = scale > 1e-150 + 1e-30 * ref  # (C, K)
+    inv = torch.where(ok, 1.0 / torch.where(ok, scale, 1.0), 0.0)  # (C, K)
+    gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K)
+    eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)  # (K, K)
+    gs = gs + eye * torch.where(ok, _RIDGE, 1.0)[:, None, :]  # (C, K, K)
+    return torch.linalg.solve(gs, b * inv[:, :, None]) * inv[:, :, None]
+
+
+def _clamp_log(s: Tensor) -> Tensor:
+    """Keep log-poles inside the disk: Re s in [log _R_MIN, log _R_MAX], Im s wrapped."""
+    return torch.complex(s.real.clamp(_S_RE_MIN, _S_RE_MAX), _wrap_imag(s).imag)
+
+
+def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
+    """Variable-projection Levenberg-Marquardt on log-poles, batched over channels.
+
+    Args:
+        h: (C, >= L) float64; s: (C, N) complex128 initial log-poles.
+    Returns:
+        (C, N) refined log-poles (never worse than s on the window, up to the normal-equation
+        resolution).
+    """
+    if iters <= 0:
+        return s
+    c, n = s.shape
+    h2 = (h[:, :length] ** 2).sum(-1)  # (C,)
+    frozen_at = (_FROZEN_REL**2) * h2  # (C,)
+    st = _vp_state(h, s, length, h2)
+    mu = torch.full((c,), 1e-3, dtype=torch.float64, device=s.device)  # (C,)
+    eye = torch.eye(2 * n, dtype=torch.float64, device=s.device)  # (2N, 2N)
+    for _ in range(iters):
+        active = (st["f"] > frozen_at) & (mu < 1e12)  # (C,)
+        if not bool(active.any()):
+            break
+        jtj = st["jtj"]  # (C, 2N, 2N)
+        dg = torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(0.0)  # (C, 2N)
+        dg = dg + 1e-9 * dg.mean(-1, keepdim=True) + 1e-300  # (C, 2N)
+        lhs = jtj + mu[:, None, None] * torch.diag_embed(dg)  # (C, 2N, 2N)
+        step = torch.linalg.solve(lhs, st["grad"][..., None])[..., 0]  # (C, 2N)
+        step = torch.nan_to_num(step).clamp(-1.0, 1.0)  # trust cap on log-pole moves
+        s_try = _clamp_log(s + torch.complex(step[:, :n], step[:, n:]))  # (C, N)
+        s_try = torch.where(active[:, None], s_try, s)
+        st_try = _vp_state(h, s_try, length, h2)
+        better = active & torch.isfinite(st_try["f"]) & (st_try["f"] < st["f"])  # (C,)
+        s = torch.where(better[:, None], s_try, s)
+        for key in st:
+            sel = better.view(-1, *([1] * (st[key].ndim - 1)))
+            st[key] = torch.where(sel, st_try[key], st[key])
+        mu = torch.where(better, mu / 3.0, torch.where(active, mu * 4.0, mu))
+    return s
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _channel_chunk(c: int, order: int) -> int:
+    per = 8 * (4 * order) ** 2 + 64 * order  # words of work arrays per channel
+    return int(max(1, min(c, _CHANNEL_BUDGET // per)))
+
+
+def _fit_chunk(
+    h: Tensor, order: int, seed: int, refine_iters: int, float32_poles: bool
+) -> tuple[Tensor, Tensor]:
+    """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N)."""
+    length = h.shape[-1]
+    s = _era_poles(h, order, seed)  # (C, N)
+    w = min(length, _REFINE_WINDOW)
+    s = _refine(h, s, w, refine_iters)  # (C, N)
+    poles = _stabilize(torch.exp(s))  # (C, N)
+    if float32_poles:
+        # Round poles to complex64; the residues below are solved for the rounded poles.
+        poles = poles.to(torch.complex64).to(torch.complex128)  # (C, N)
+    s = torch.log(poles)  # (C, N)
+    res, _ = _solve_residues(h, s, length)  # (C, N)
+    return poles, res
+
+
+def fit_modal(
+    h: Tensor,
+    order: int,
+    *,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    refine_iters: int = _REFINE_ITERS,
+    progress: Callable[[int, int], None] | None = None,
+    float32_poles: bool = True,
+) -> FitResult:
+    """Fit every channel of h with an `order`-mode modal kernel (ERA + variable-projection LM).
+
+    Args:
+        h: (C, L) real kernels (computed in float64).
+        order: N complex modes, 1 <= N <= L - 1.
+        device: where to compute (default: h's device); results are returned on the CPU.
+        seed: seed of the randomized Hankel SVD (results are deterministic per seed and device).
+        refine_iters: Levenberg-Marquardt iterations (0 = ERA + least squares only).
+        progress: called as progress(channels_done, channels_total) after each chunk.
+        float32_poles: round the poles to complex64 before the final residue solve, so that
+            storing the result as float32 pairs costs only the residue rounding (the default;
+            it limits the attainable error to ~1e-7..1e-6 relative for slowly decaying modes).
+            False keeps float64 poles (e.g. to check exact recovery to ~1e-10).
+    Returns:
+        FitResult with poles/residues (C, N) complex128, rel_l2 (C,) of exactly these
+        parameters (computed directly in float64), method "era+vp-lm".
+    Raises:
+        LcdError: bad kernel tensor or order out of range.
+    """
+    h = _check_kernel(h)
+    c, length = h.shape
+    _check_order(order, length)
+    dev = torch.device(device) if device is not None else h.device
+    h = h.to(dev)
+    poles = torch.empty(c, order, dtype=torch.complex128)  # (C, N)
+    residues = torch.empty_like(poles)  # (C, N)
+    err = torch.empty(c, dtype=torch.float64)  # (C,)
+    step = _channel_chunk(c, order)
+    for start in range(0, c, step):
+        hc = h[start : start + step]  # (Cc, L)
+        p, r = _fit_chunk(hc, order, seed, refine_iters, float32_poles)  # (Cc, N)
+        poles[start : start + step] = p.cpu()
+        residues[start : start + step] = r.cpu()
+        if progress is not None:
+            progress(min(start + step, c), c)
+    err = _rel_l2_streamed(h, poles.to(dev), residues.to(dev)).cpu()
+    return FitResult(poles=poles, residues=residues, rel_l2=err, method="era+vp-lm", order=order)
+
+
+def _rel_l2_streamed(h: Tensor, poles: Tensor, residues: Tensor) -> Tensor:
+    """rel_l2_error(h, modal kernel) without holding more than a chunk of channels' fits."""
+    c, length = h.shape
+    norm = torch.linalg.vector_norm(h, dim=-1)  # (C,)
+    tiny = 1e-12 * norm.max() if c else norm.new_tensor(0.0)
+    den = torch.maximum(norm, tiny)  # (C,)
+    err = torch.empty(c, dtype=torch.float64, device=h.device)  # (C,)
+    n = max(1, poles.shape[1])
+    step = max(1, min(c, _STREAM_BUDGET // (n * min(length, 4096)) or 1, 64))
+    for start in range(0, c, step):
+        s = torch.log(poles[start : start + step])  # (Cc, N)
+        hh = _evaluate(s, residues[start : start + step], length)  # (Cc, L)
+        err[start : start + step] = torch.linalg.vector_norm(h[start : start + step] - hh, dim=-1)
+    return torch.where(den > 0, err / torch.where(den > 0, den, 1.0), err)
+
+
+def fit_modal_to_tolerance(h: Tensor, tol: float, max_order: int, **kw: object) -> FitResult:
+    """Smallest order whose worst channel meets rel_l2 <= tol, by bisection on the order.
+
+    Fits max_order first; if even that misses tol, that fit is returned (check rel_l2). Else
+    bisects on [1, max_order], assuming the error falls with the order (the returned order
+    meets tol; a smaller order could too if the error is not monotone).
+
+    Args:
+        h: (C, L) kernels; tol: relative l2 tolerance on the max over channels;
+        max_order: largest order tried; kw: passed to fit_modal.
+    """
+    h = _check_kernel(h)
+    _check_order(max_order, h.shape[-1])
+    best = fit_modal(h, max_order, **kw)  # type: ignore[arg-type]
+    if float(best.rel_l2.max()) > tol:
+        return best
+    lo, hi = 0, max_order
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        res = fit_modal(h, mid, **kw)  # type: ignore[arg-type]
+        if float(res.rel_l2.max()) <= tol:
+            hi, best = mid, res
+        else:
+            lo = mid
+    return best
+
+
+__all__ = ["FitResult", "fit_modal", "fit_modal_to_tolerance", "rel_l2_error"]

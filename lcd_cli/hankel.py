@@ -1,0 +1,342 @@
+"""Hankel singular values of kernels and the Eckart-Young lower bound on modal fit error.
+
+Dimensions:
+    C  channels (independent kernels)
+    L  kernel length
+    m  Hankel rows, m = ceil(L / 2); n = L - m + 1 columns (n = m or m + 1, so min(m, n) = m)
+    k  singular values requested
+    q  sketch width of the randomized SVD (k + oversampling)
+    F  rfft bins of the FFT size used for Hankel products
+
+The Hankel matrix of a kernel is H[c, i, j] = h[c, i + j] for i < m, j < n.
+
+Why it bounds modal fits: an N-mode real-output modal kernel h_N[t] = Re sum_n R_n p_n^t has a
+Hankel matrix of rank <= r = 2N. Each h[t] appears in H mult(t) <= min(m, n) times, so
+||H(h) - H(h_N)||_F^2 <= min(m, n) ||h - h_N||_2^2, and by Eckart-Young (1936)
+||H(h) - H(h_N)||_F^2 >= sum_{k >= r} sigma_k^2. Hence
+
+    ||h - h_N||_2 >= sqrt(sum_{k >= r} sigma_k(H)^2 / min(m, n)).
+
+The bound is rigorous only with exact singular values. A randomized SVD (Halko, Martinsson,
+Tropp 2011) returns values <= the true ones, so the tail (Frobenius norm minus the captured
+energy) is over-estimated and the "floor" becomes an estimate that can exceed the true bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# Element budget for one batch of FFT intermediates / dense Hankel matrices (float64 words).
+_BUDGET = 1 << 25
+_OVERSAMPLE = 10
+_POWER_ITERS = 3
+
+
+@dataclass(frozen=True)
+class HankelSpectrum:
+    """Leading Hankel singular values of a batch of kernels.
+
+    Attributes:
+        sigma: (C, k) leading singular values, descending (zero-padded past the rank).
+        frob2: (C,) squared Frobenius norm of H, exact (closed form from h).
+        rows: m, the number of Hankel rows (= min(m, n)).
+        exact: True when sigma comes from a dense SVD; False for a randomized SVD.
+        tail2: (C, m + 1) with tail2[:, r] = sum_{j >= r} sigma_j^2, only for exact spectra
+            (accurate tails without the cancellation of frob2 - sum sigma^2); else None.
+    """
+
+    sigma: Tensor
+    frob2: Tensor
+    rows: int
+    exact: bool
+    tail2: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class EckartYoungFloor:
+    """Lower bounds on the relative l2 error of N-mode fits.
+
+    Attributes:
+        values: (C, len(orders)) floor on ||h - h_N|| / ||h|| per channel and order.
+        orders: the orders N (complex modes; real rank 2N).
+        rigorous: True when computed from an exact spectrum. False means the values are
+            estimates (randomized SVD) that may exceed the true bound: print them as "estimate".
+    """
+
+    values: Tensor
+    orders: tuple[int, ...]
+    rigorous: bool
+
+    @property
+    def label(self) -> str:
+        return "floor" if self.rigorous else "estimate"
+
+
+def hankel_shape(length: int) -> tuple[int, int]:
+    """(m, n) of the square-ish Hankel matrix of a length-L kernel: m = ceil(L/2), m + n = L + 1."""
+    m = (length + 1) // 2
+    return m, length - m + 1
+
+
+def hankel_frob2(h: Tensor) -> Tensor:
+    """Exact ||H||_F^2 per channel: sum_t mult(t) h[t]^2, mult(t) = min(t + 1, m, n, L - t).
+
+    Args:
+        h: (C, L) real.
+    Returns:
+        (C,) same dtype.
+    """
+    length = h.shape[-1]
+    m, n = hankel_shape(length)
+    t = torch.arange(length, device=h.device)  # (L,)
+    mult = torch.minimum(torch.minimum(t + 1, length - t), torch.tensor(min(m, n)))  # (L,)
+    return (h * h * mult.to(h.dtype)).sum(-1)  # (C,)
+
+
+def fft_size(n: int) -> int:
+    """Smallest 5-smooth integer >= n (fast FFT length)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _hankel_apply(hf: Tensor, x: Tensor, rows: int, cols: int, nfft: int) -> Tensor:
+    """Y = H X for the rows x cols Hankel matrix of h (rows + cols = L + 1), via FFT.
+
+    y[i] = sum_j h[i + j] x[j] = (h * flip(x))[i + cols - 1]; a circular convolution of size
+    nfft >= L has no wrap-around on the indices cols - 1 .. L - 1 that are kept.
+
+    Args:
+        hf: (C, F) rfft of h at size nfft.
+        x: (C | 1, cols, q) real.
+    Returns:
+        (C, rows, q) real.
+    """
+    c = hf.shape[0]
+    q = x.shape[-1]
+    out = torch.empty(c, rows, q, dtype=x.dtype, device=x.device)  # (C, rows, q)
+    block = max(1, _BUDGET // max(1, c * hf.shape[-1]))
+    for start in range(0, q, block):
+        xb = torch.flip(x[..., start : start + block], dims=(1,))  # (C|1, cols, qb)
+        xf = torch.fft.rfft(xb, n=nfft, dim=1)  # (C|1, F, qb)
+        yb = torch.fft.irfft(hf[:, :, None] * xf, n=nfft, dim=1)  # (C, nfft, qb)
+        out[..., start : start + block] = yb[:, cols - 1 : cols - 1 + rows]
+    return out
+
+
+def _randomized_svd(
+    h: Tensor, k: int, seed: int, power_iters: int = _POWER_ITERS
+) -> tuple[Tensor, Tensor]:
+    """Leading k left singular vectors and values of H(h), never forming H.
+
+    Halko-Martinsson-Tropp range finder with power iterations; one Gaussian test matrix shared
+    by all channels (so a channel's result does not depend on its batch), drawn on the CPU
+    from `seed` (so CPU and CUDA runs start identically).
+
+    Args:
+        h: (C, L) float64.
+    Returns:
+        U (C, m, k), sigma (C, k).
+    """
+    length = h.shape[-1]
+    m, n = hankel_shape(length)
+    q = min(k + max(_OVERSAMPLE, k // 4), m, n)
+    nfft = fft_size(length)
+    hf = torch.fft.rfft(h, n=nfft, dim=-1)  # (C, F)
+    gen = torch.Generator().manual_seed(seed)
+    omega = torch.randn(1, n, q, generator=gen, dtype=h.dtype).to(h.device)  # (1, n, q)
+    y = _hankel_apply(hf, omega, m, n, nfft)  # (C, m, q)
+    qm = torch.linalg.qr(y).Q  # (C, m, q)
+    for _ in range(power_iters):
+        z = _hankel_apply(hf, qm, n, m, nfft)  # (C, n, q) = H^T Q
+        qz = torch.linalg.qr(z).Q  # (C, n, q)
+        y = _hankel_apply(hf, qz, m, n, nfft)  # (C, m, q)
+        qm = torch.linalg.qr(y).Q  # (C, m, q)
+    bt = _hankel_apply(hf, qm, n, m, nfft)  # (C, n, q) = (Q^T H)^T
+    _, s, vh = torch.linalg.svd(bt, full_matrices=False)  # s (C, q), vh (C, q, q)
+    u = qm @ vh.transpose(-1, -2)  # (C, m, q): H ~ Q B, B = V S Ub^T
+    return u[..., :k], s[..., :k]
+
+
+def _dense_svd(h: Tensor, want_vectors: bool) -> tuple[Tensor | None, Tensor]:
+    """Full SVD of the explicit Hankel matrix. Returns U (C, m, m) or None, sigma (C, m)."""
+    m, n = hankel_shape(h.shape[-1])
+    hm = h.unfold(-1, n, 1)  # (C, m, n), row i = h[i : i + n]
+    if want_vectors:
+        u, s, _ = torch.linalg.svd(hm, full_matrices=False)  # (C, m, m), (C, m)
+        return u, s
+    return None, torch.linalg.svdvals(hm)  # (C, m)
+
+
+def hankel_svd(
+    h: Tensor,
+    k: int,
+    *,
+    exact_max_rows: int = 1024,
+    seed: int = 0,
+    want_vectors: bool = True,
+) -> tuple[Tensor | None, Tensor, bool, Tensor | None]:
+    """Leading k singular triplets of the Hankel matrices of a batch of kernels.
+
+    Dense batched SVD when m <= exact_max_rows (exact), else a randomized SVD with FFT
+    Hankel products (deterministic given seed). Channels are processed in memory-bounded chunks.
+
+    Args:
+        h: (C, L) real.
+        k: number of singular values (clamped to m; sigma is zero-padded to k).
+    Returns:
+        U (C, m, k') or None, sigma (C, k), exact, all_sigma (C, m) (exact only, else None);
+        k' = min(k, m).
+    """
+    h = h.to(torch.float64)
+    c, length = h.shape
+    m, n = hankel_shape(length)
+    kk = min(k, m)
+    exact = m <= exact_max_rows
+    us: list[Tensor] = []
+    sig: list[Tensor] = []
+    alls: list[Tensor] = []
+    if exact:
+        step = max(1, _BUDGET // (m * n))
+    else:
+        q = min(kk + max(_OVERSAMPLE, kk // 4), m)
+        step = max(1, _BUDGET // ((fft_size(length) // 2 + 1) * 2 * q + n * q))
+    for start in range(0, c, step):
+        hc = h[start : start + step]  # (Cc, L)
+        if exact:
+            u, s = _dense_svd(hc, want_vectors)  # (Cc, m, m) | None, (Cc, m)
+            alls.append(s)
+            if u is not None:
+                us.append(u[..., :kk])
+            sig.append(s[..., :kk])
+        else:
+            u, s = _randomized_svd(hc, kk, seed)  # (Cc, m, kk), (Cc, kk)
+            if want_vectors:
+                us.append(u)
+            sig.append(s)
+    sigma = torch.cat(sig) if sig else h.new_zeros(0, kk)  # (C, kk)
+    if k > kk:
+        sigma = torch.cat([sigma, sigma.new_zeros(c, k - kk)], dim=-1)  # (C, k)
+    u_all = torch.cat(us) if us else None
+    all_sigma = (torch.cat(alls) if alls else h.new_zeros(0, m)) if exact else None
+    return u_all, sigma, exact, all_sigma
+
+
+def hankel_singular_values(
+    h: Tensor, k: int, *, exact_max_rows: int = 1024, seed: int = 0
+) -> HankelSpectrum:
+    """Leading k Hankel singular values per channel, plus the exact Frobenius norm.
+
+    Args:
+        h: (C, L) float64 kernels.
+        k: how many singular values (2 * max order for floors).
+        exact_max_rows: dense SVD (exact) when m = ceil(L / 2) <= this, else randomized.
+        seed: seed of the randomized SVD's test matrix.
+    Returns:
+        HankelSpectrum with sigma (C, k) descending, frob2 (C,), rows m, exact flag.
+    """
+    if h.ndim != 2:
+        raise ValueError(f"expected (C, L) kernels, got shape {tuple(h.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    h = h.to(torch.float64)
+    m, _ = hankel_shape(h.shape[-1])
+    _, sigma, exact, all_sigma = hankel_svd(
+        h, k, exact_max_rows=exact_max_rows, seed=seed, want_vectors=False
+    )
+    tail2 = None
+    if all_sigma is not None:
+        s2 = all_sigma * all_sigma  # (C, m)
+        rev = torch.flip(torch.cumsum(torch.flip(s2, (-1,)), -1), (-1,))  # (C, m)
+        tail2 = torch.cat([rev, rev.new_zeros(rev.shape[0], 1)], dim=-1)  # (C, m + 1)
+    return HankelSpectrum(
+        sigma=sigma, frob2=hankel_frob2(h), rows=m, exact=exact, tail2=tail2
+    )
+
+
+def eckart_young_floor(
+    spec: HankelSpectrum, h_norm2: Tensor, orders: Sequence[int]
+) -> EckartYoungFloor:
+    """Lower bound on ||h - h_N||_2 / ||h||_2 for N-mode modal fits (real rank r = 2N).
+
+    floor = sqrt(tail_r / m) / ||h||, tail_r = frob2 - sum_{k < r} sigma_k^2 (clamped >= 0).
+    Rigorous only when `spec.exact`; with a randomized spectrum the result is an estimate
+    (flagged by `rigorous=False`) that may be above the true bound. Channels with ||h|| = 0
+    get 0.
+
+    Args:
+        spec: from hankel_singular_values, with k >= 2 * max(orders) unless exact.
+        h_norm2: (C,) squared l2 norms of the kernels.
+        orders: the orders N to evaluate.
+    Returns:
+        EckartYoungFloor with values (C, len(orders)).
+    """
+    cols: list[Tensor] = []
+    k = spec.sigma.shape[-1]
+    cum = torch.cumsum(spec.sigma * spec.sigma, dim=-1)  # (C, k)
+    for order in orders:
+        r = 2 * int(order)
+        if order < 1:
+            raise ValueError(f"orders must be >= 1, got {order}")
+        if spec.tail2 is not None:
+            tail = spec.tail2[:, min(r, spec.tail2.shape[-1] - 1)]  # (C,)
+        elif r >= spec.rows:
+            tail = torch.zeros_like(spec.frob2)  # rank-r approximation can be exact
+        elif r > k:
+            raise ValueError(
+                f"order {order} needs {r} singular values, the spectrum has {k}: "
+                "compute it with k >= 2 * max order"
+            )
+        else:
+            tail = spec.frob2 - cum[:, r - 1]  # (C,)
+        tail = tail.clamp_min(0.0)
+        cols.append(torch.sqrt(tail / spec.rows))
+    num = torch.stack(cols, dim=-1) if cols else spec.frob2.new_zeros(len(spec.frob2), 0)
+    den = torch.sqrt(h_norm2.to(num.dtype))[:, None]  # (C, 1)
+    values = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    return EckartYoungFloor(
+        values=values, orders=tuple(int(o) for o in orders), rigorous=spec.exact
+    )
+
+
+def order_for_tolerance(floors: Tensor | EckartYoungFloor, tol: float) -> int | None:
+    """Smallest N whose floor is <= tol, for floors over orders N = 1 .. Nmax.
+
+    Args:
+        floors: (Nmax,) or (C, Nmax) (the max over channels is used), or an EckartYoungFloor
+            computed for orders 1 .. Nmax.
+        tol: relative l2 tolerance.
+    Returns:
+        N (1-based), or None when no order up to Nmax reaches tol.
+    """
+    values = floors.values if isinstance(floors, EckartYoungFloor) else floors
+    if values.ndim == 2:
+        values = values.max(dim=0).values if values.shape[0] else values.new_zeros(values.shape[1])
+    ok = torch.nonzero(values <= tol)
+    return int(ok[0, 0]) + 1 if ok.numel() else None
+
+
+__all__ = [
+    "EckartYoungFloor",
+    "HankelSpectrum",
+    "eckart_young_floor",
+    "fft_size",
+    "hankel_frob2",
+    "hankel_shape",
+    "hankel_singular_values",
+    "hankel_svd",
+    "order_for_tolerance",
+]

@@ -1,0 +1,78 @@
+"""`lcd inspect`: the long-conv layers of a checkpoint and how compressible each kernel is.
+
+Compressibility comes from the singular values of each kernel's Hankel matrix (see
+``lcd_cli.hankel``): the Eckart-Young floor at order N is a lower bound on the relative l2
+error of any N-mode diagonal SSM fitted on the window. To stay fast on long kernels and wide
+layers, a few channels are sampled and long Hankel matrices use a randomized SVD; the output
+says which, and labels floors from a randomized SVD as estimates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lcd_cli.checkpoint import Checkpoint
+from lcd_cli.layers import layer_summary, materialize, select_configs
+from lcd_cli.metrics import sample_channels
+
+FLOOR_ORDERS = (8, 16, 32, 64)
+TOLERANCES = (1e-2, 1e-3)
+
+
+def compressibility(h: Any, *, channels: int = 16, max_order: int = 128) -> dict[str, Any]:
+    """Floors at FLOOR_ORDERS (median over sampled channels) and the order needed for each
+    tolerance (the smallest N whose floor is below it for every sampled channel)."""
+    from lcd_cli.hankel import eckart_young_floor, hankel_singular_values
+
+    idx = sample_channels(h.shape[0], channels)
+    sub = h[idx]  # (S, L)
+    length = sub.shape[1]
+    rows = (length + 1) // 2
+    top = max(1, min(max_order, (length - rows + 1) // 2, rows // 2))
+    spec = hankel_singular_values(sub, min(2 * top, rows, length - rows + 1))
+    orders = list(range(1, top + 1))
+    floors = eckart_young_floor(spec, (sub**2).sum(-1), orders).values  # (S, top)
+    worst = floors.amax(0)  # (top,)
+    order_for = {}
+    for tol in TOLERANCES:
+        hit = (worst <= tol).nonzero()
+        order_for[f"{tol:g}"] = int(orders[int(hit[0])]) if hit.numel() else None
+    return {
+        "channels_sampled": int(idx.numel()),
+        "hankel_rows": int(spec.rows),
+        "svd": "exact" if spec.exact else "randomized (floors are estimates)",
+        "floor_median": {str(n): float(floors[:, n - 1].median()) if n <= top else None
+                         for n in FLOOR_ORDERS},
+        "order_for": order_for,
+        "max_order_searched": top,
+    }
+
+
+def inspect_checkpoint(
+    ckpt: Checkpoint,
+    *,
+    family: str | None = None,
+    config: Path | None = None,
+    length: int | None = None,
+    channels: int = 16,
+    analyse: bool = True,
+) -> dict[str, Any]:
+    options = {"length": length} if length is not None else None
+    found = select_configs(ckpt, family, config, options)
+    layers = []
+    for _, cfg_layers in found:
+        for layer in cfg_layers:
+            row = layer_summary(ckpt, layer)
+            row["skip_key"] = layer.skip_key
+            if analyse and layer.config.distill:
+                h, _ = materialize(ckpt, layer)
+                row["compressibility"] = compressibility(h, channels=channels)
+            layers.append(row)
+    return {
+        "checkpoint": str(ckpt.source),
+        "files": [str(p) for p in ckpt.files],
+        "tensors": len(ckpt.tensors),
+        "families": [cfg.name for cfg, _ in found],
+        "layers": layers,
+    }

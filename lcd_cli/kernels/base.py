@@ -1,0 +1,65 @@
+"""What a kernel materializer is: options it accepts, the (C, L) it will produce, the kernel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+from lcd_cli.errors import LcdError
+
+if TYPE_CHECKING:
+    from lcd_cli.layers import LayerView
+
+OptionSpec = dict[str, tuple[tuple[type, ...], Any]]  # name -> (accepted types, default)
+
+
+class Materializer:
+    """Computes a layer's long-conv kernel exactly as the upstream model does.
+
+    Subclasses set ``name`` and ``options`` and implement :meth:`shape` (from tensor headers
+    only, for dry runs) and :meth:`kernel` (float64, shape (C, L)).
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[OptionSpec] = {}
+
+    def check_options(self, given: dict[str, Any]) -> list[str]:
+        problems = []
+        for key, value in given.items():
+            if key not in self.options:
+                problems.append(f"materializer '{self.name}' has no option '{key}' "
+                                f"(options: {', '.join(self.options) or 'none'})")
+                continue
+            types = self.options[key][0]
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+            if not ok:
+                names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+                problems.append(f"option '{key}' must be {names}, got {value!r}")
+        return problems
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        return {k: given.get(k, default) for k, (_, default) in self.options.items()}
+
+    def shape(self, view: LayerView, options: dict[str, Any]) -> tuple[int, int]:
+        """(C, L) of the kernel, from shapes alone; raises LcdError on mis-shaped parameters."""
+        raise NotImplementedError
+
+    def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
+        """The (C, L) float64 kernel."""
+        raise NotImplementedError
+
+
+def resolve_length(view: LayerView, natural: int | None, options: dict[str, Any]) -> int:
+    """Kernel length: options['length'] (truncates) else the checkpoint's natural length."""
+    want = options.get("length")
+    if want is None:
+        if natural is None:
+            raise LcdError("the kernel length is not stored in the checkpoint",
+                           file=view.file, key=view.prefix,
+                           hint="set it with --length or the config option 'length'")
+        return natural
+    if want < 1 or (natural is not None and want > natural):
+        raise LcdError(f"kernel length {want} is out of range 1..{natural or 'inf'}",
+                       file=view.file, key=view.prefix, hint="choose a smaller --length")
+    return int(want)

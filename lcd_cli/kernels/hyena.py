@@ -1,0 +1,130 @@
+"""Hyena / HyenaDNA implicit filters: a Sin-activated MLP of positional features, windowed.
+
+Dimensions: L kernel length (<= l_max), E positional-embedding width, W MLP width, C channels.
+
+Upstream (safari ``HyenaFilter``; HyenaDNA port):
+  z[t] = [t/(l_max-1), cos(f w_t), -sin(f w_t)],  f = linspace(1e-4, B-1, B), B = (E-1)/2,
+         w_t = 2 pi t / l_max                       (or the stored ``pos_emb.z``)
+  a = sin(freq * (W_0 z + b_0)); a = sin(freq * (W_j a + b_j)) ...; h = W_last a
+  h[t, c] *= exp(-t_norm[t] |delta_c|) + shift        (if modulate; t_norm = stored ``pos_emb.t``)
+  h[t, :] /= ||h[t, :]||_1                            (if normalized)
+The kernel is evaluated on the first L rows of the l_max positions (t is not renormalised).
+The Sin module is shared, so a file may store only the first ``freq``: it is reused.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from lcd_cli.errors import LcdError
+from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
+from lcd_cli.layers import LayerView
+
+_LINEAR = re.compile(r"^implicit_filter\.(\d+)\.weight$")
+
+
+def positional_features(l_max: int, emb_dim: int) -> tuple[Tensor, Tensor]:
+    """Recompute z (l_max, E) and t_norm (l_max, 1) in float64 as the upstream buffer init."""
+    bands = (emb_dim - 1) // 2
+    t_norm = torch.linspace(0, 1, l_max, dtype=torch.float64)[:, None]  # (l_max, 1)
+    w = 2 * math.pi * torch.arange(l_max, dtype=torch.float64)[:, None] / l_max  # (l_max, 1)
+    f = torch.linspace(1e-4, bands - 1, bands, dtype=torch.float64)[None]  # (1, B)
+    z = torch.cat([t_norm, torch.cos(f * w), -torch.sin(f * w)], dim=-1)  # (l_max, E)
+    return z, t_norm
+
+
+class HyenaKernel(Materializer):
+    name = "hyena"
+    options: ClassVar[OptionSpec] = {
+        "shift": ((float, int), 0.0),
+        "modulate": ((bool,), True),
+        "normalized": ((bool,), False),
+        "sin_freq": ((float, int, type(None)), None),
+        "l_max": ((int, type(None)), None),
+        "length": ((int, type(None)), None),
+    }
+
+    def _linears(self, view: LayerView) -> list[int]:
+        idx = sorted(int(m.group(1)) for k in view.names() if (m := _LINEAR.match(k)))
+        if len(idx) < 2:
+            raise LcdError(f"expected at least 2 linear layers implicit_filter.<j>.weight, found "
+                           f"{len(idx)}", file=view.file, key=view.prefix + ".implicit_filter")
+        return idx
+
+    def _l_max(self, view: LayerView, options: dict[str, Any]) -> int:
+        for rel in ("pos_emb.z", "pos_emb.t"):
+            if view.has(rel):
+                shape = view.shape(rel)
+                if len(shape) != 3 or shape[0] != 1:
+                    raise LcdError(f"expected shape (1, l_max, *), got {list(shape)}",
+                                   file=view.file, key=view.key(rel))
+                return shape[1]
+        if options["l_max"] is None:
+            raise LcdError("neither pos_emb.z nor pos_emb.t is stored, so l_max is unknown",
+                           file=view.file, key=view.prefix, hint="set the config option 'l_max'")
+        return int(options["l_max"])
+
+    def shape(self, view: LayerView, options: dict[str, Any]) -> tuple[int, int]:
+        idx = self._linears(view)
+        shapes = [view.shape(f"implicit_filter.{j}.weight") for j in idx]
+        for j, s in enumerate(shapes):
+            # Each weight must be 2-D and take the previous layer's output width as input.
+            if len(s) != 2 or (j > 0 and s[1] != shapes[j - 1][0]):
+                raise LcdError(f"linear layer shapes do not chain: {[list(x) for x in shapes]}",
+                               file=view.file, key=view.key(f"implicit_filter.{idx[j]}.weight"))
+        channels, emb_dim = shapes[-1][0], shapes[0][1]
+        l_max = self._l_max(view, options)
+        if view.has("pos_emb.z") and view.shape("pos_emb.z")[2] != emb_dim:
+            raise LcdError(f"pos_emb.z width {view.shape('pos_emb.z')[2]} does not match the "
+                           f"first linear's input {emb_dim}", file=view.file,
+                           key=view.key("pos_emb.z"))
+        if options["modulate"] and view.shape("modulation.deltas")[-1] != channels:
+            raise LcdError(f"expected {channels} deltas, shape is "
+                           f"{list(view.shape('modulation.deltas'))}", file=view.file,
+                           key=view.key("modulation.deltas"))
+        return channels, resolve_length(view, l_max, options)
+
+    def _freqs(self, view: LayerView, idx: list[int], options: dict[str, Any]) -> list[Tensor]:
+        """The Sin frequency after each hidden linear (shared module: fall back to the first)."""
+        stored = {j: f"implicit_filter.{j + 1}.freq" for j in idx[:-1]}
+        available = [rel for rel in stored.values() if view.has(rel)]
+        if available:
+            first = view.get(available[0])
+            return [view.get(stored[j]) if view.has(stored[j]) else first for j in idx[:-1]]
+        if options["sin_freq"] is None:
+            raise LcdError("no Sin frequency (implicit_filter.<j>.freq) is stored",
+                           file=view.file, key=view.prefix,
+                           hint="set the config option 'sin_freq' to the model's Sin w")
+        return [torch.tensor(float(options["sin_freq"]), dtype=torch.float64)] * (len(idx) - 1)
+
+    def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
+        channels, length = self.shape(view, options)
+        idx = self._linears(view)
+        l_max = self._l_max(view, options)
+        emb_dim = view.shape(f"implicit_filter.{idx[0]}.weight")[1]
+        z, t_norm = positional_features(l_max, emb_dim)  # (l_max, E), (l_max, 1)
+        if view.has("pos_emb.z"):
+            z = view.get("pos_emb.z")[0]  # (l_max, E)
+        if view.has("pos_emb.t"):
+            t_norm = view.get("pos_emb.t")[0]  # (l_max, 1)
+        a = z[:length]  # (L, E)
+        freqs = self._freqs(view, idx, options)
+        for j, freq in zip(idx[:-1], freqs, strict=True):
+            a = a @ view.get(f"implicit_filter.{j}.weight").T  # (L, W)
+            if view.has(f"implicit_filter.{j}.bias"):
+                a = a + view.get(f"implicit_filter.{j}.bias")
+            a = torch.sin(freq.reshape(1, -1) * a)  # (L, W)
+        h = a @ view.get(f"implicit_filter.{idx[-1]}.weight").T  # (L, C)
+        if view.has(f"implicit_filter.{idx[-1]}.bias"):
+            h = h + view.get(f"implicit_filter.{idx[-1]}.bias")
+        if options["modulate"]:
+            deltas = view.get("modulation.deltas").reshape(1, channels)  # (1, C)
+            h = h * (torch.exp(-t_norm[:length] * deltas.abs()) + float(options["shift"]))
+        if options["normalized"]:
+            h = h / h.abs().sum(dim=-1, keepdim=True)  # L1 over channels at each t
+        return h.T.contiguous()  # (C, L)

@@ -1,0 +1,189 @@
+"""Finding long-conv layers in a checkpoint from family configs (a plan; no tensor is loaded).
+
+A layer is identified by its key prefix (e.g. ``hyena.backbone.layers.0.mixer.filter_fn``): a
+prefix that fully matches the config's ``layer`` regex and under which every ``required`` key
+exists. Families are detected by which configs find layers; overlapping matches are ambiguous.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcd_cli.checkpoint import Checkpoint
+from lcd_cli.config import FamilyConfig, builtin_configs
+from lcd_cli.errors import LcdError
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One long-conv layer found in a checkpoint."""
+
+    prefix: str
+    config: FamilyConfig
+    groups: dict[str, str]  # named groups of the layer regex
+    keys: tuple[str, ...]  # every key under the prefix, relative to it
+    generator_keys: tuple[str, ...]  # full keys of the kernel generator
+    skip_key: str | None  # full key of the skip term D, if present
+
+    @property
+    def index(self) -> int | None:
+        value = self.groups.get("layer")
+        return int(value) if value is not None and value.isdigit() else None
+
+
+class LayerView:
+    """A layer's tensors by key relative to its prefix; loads lazily, in float64 by default."""
+
+    def __init__(self, ckpt: Checkpoint, layer: Layer) -> None:
+        self.ckpt = ckpt
+        self.layer = layer
+        self.prefix = layer.prefix
+        self._keys = set(layer.keys)
+
+    @property
+    def file(self) -> Path:
+        return self.ckpt.source
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}.{rel}"
+
+    def names(self) -> list[str]:
+        """Every key of the layer, relative to its prefix."""
+        return sorted(self._keys)
+
+    def has(self, rel: str) -> bool:
+        return rel in self._keys
+
+    def shape(self, rel: str) -> tuple[int, ...]:
+        if rel not in self._keys:
+            raise LcdError("a parameter of this layer is missing", file=self.file,
+                           key=self.key(rel),
+                           hint=f"config '{self.layer.config.name}' expects it; is it the right "
+                           "--family?")
+        return self.ckpt.info(self.key(rel)).shape
+
+    def get(self, rel: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        self.shape(rel)  # clear error when missing
+        return self.ckpt.get(self.key(rel), dtype)
+
+
+def find_layers(ckpt: Checkpoint, config: FamilyConfig) -> list[Layer]:
+    """All layers of ``config`` in ``ckpt``, sorted by layer index then prefix."""
+    keys = ckpt.keys()
+    prefixes: dict[str, dict[str, str]] = {}
+    for key in keys:
+        for req in config.required:
+            if key.endswith("." + req):
+                prefix = key[: -len(req) - 1]
+                m = config.layer.fullmatch(prefix)
+                if m and prefix not in prefixes:
+                    prefixes[prefix] = {k: v for k, v in m.groupdict().items() if v is not None}
+    by_prefix: dict[str, list[str]] = {p: [] for p in prefixes}
+    for key in keys:
+        # Attribute each key to the longest layer prefix it starts with.
+        parts = key.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            cand = ".".join(parts[:cut])
+            if cand in by_prefix:
+                by_prefix[cand].append(key[len(cand) + 1 :])
+                break
+    layers = []
+    for prefix, groups in prefixes.items():
+        rel_keys = tuple(sorted(by_prefix[prefix]))
+        if not all(r in rel_keys for r in config.required):
+            continue
+        gen = tuple(f"{prefix}.{r}" for r in rel_keys
+                    if any(fnmatch.fnmatchcase(r, g) for g in config.generator))
+        skip = None
+        if config.skip:
+            candidate = config.skip.format(prefix=prefix, **groups)
+            skip = candidate if candidate in ckpt else None
+        layers.append(Layer(prefix, config, groups, rel_keys, gen, skip))
+    return sorted(layers, key=lambda la: (la.index if la.index is not None else -1, la.prefix))
+
+
+def select_configs(
+    ckpt: Checkpoint,
+    family: str | None = None,
+    config_path: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+) -> list[tuple[FamilyConfig, list[Layer]]]:
+    """Configs to use and their layers: the one asked for, else every built-in that matches.
+
+    ``options`` override materializer options of every chosen config (e.g. ``length``).
+
+    Raises LcdError when nothing matches, or when two configs claim the same layer.
+    """
+    from lcd_cli.config import load_builtin, load_config
+
+    if config_path is not None:
+        chosen = [load_config(config_path)]
+    elif family is not None:
+        chosen = [load_builtin(name.strip()) for name in family.split(",")]
+    else:
+        chosen = builtin_configs()
+    if options:
+        chosen = [replace(c, options={**c.options, **options}) for c in chosen]
+    found = [(cfg, layers) for cfg in chosen if (layers := find_layers(ckpt, cfg))]
+    if not found:
+        tried = ", ".join(c.name for c in chosen)
+        hint = ("pass --family NAME or --config PATH for this layout"
+                if family is None and config_path is None
+                else "check the config's 'layer' regex and 'required' keys against `lcd inspect "
+                "--keys`")
+        raise LcdError(f"no long-conv layer found (configs tried: {tried}); the checkpoint has "
+                       f"{len(ckpt.keys())} tensors, e.g. {', '.join(ckpt.keys()[:3])}",
+                       file=ckpt.source, hint=hint)
+    owner: dict[str, str] = {}
+    clashes: list[str] = []
+    for cfg, layers in found:
+        for layer in layers:
+            if layer.prefix in owner:
+                clashes.append(f"'{layer.prefix}' ({owner[layer.prefix]} and {cfg.name})")
+            owner[layer.prefix] = cfg.name
+    if clashes:
+        raise LcdError(f"several family configs match the same layers: {', '.join(clashes[:3])}",
+                       file=ckpt.source,
+                       hint="choose one with --family NAME (they differ in kernel options)")
+    return found
+
+
+def layer_summary(ckpt: Checkpoint, layer: Layer) -> dict[str, Any]:
+    """Channels, length and generator size of a layer, from headers only."""
+    from lcd_cli.kernels import MATERIALIZERS
+
+    view = LayerView(ckpt, layer)
+    channels, length = MATERIALIZERS[layer.config.materializer].shape(view, layer.config.options)
+    dtypes = sorted({ckpt.info(k).dtype for k in layer.generator_keys})
+    return {
+        "name": layer.prefix,
+        "family": layer.config.name,
+        "channels": channels,
+        "length": length,
+        "dtype": ",".join(dtypes),
+        "generator_params": sum(ckpt.info(k).numel for k in layer.generator_keys),
+        "distill": layer.config.distill,
+    }
+
+
+def materialize(ckpt: Checkpoint, layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's kernel h (C, L) float64 and skip term D (C,) float64 (None if absent)."""
+    from lcd_cli.kernels import MATERIALIZERS
+
+    view = LayerView(ckpt, layer)
+    h = MATERIALIZERS[layer.config.materializer].kernel(view, layer.config.options)  # (C, L)
+    if not torch.isfinite(h).all():
+        raise LcdError("the materialized kernel holds NaN or Inf (overflow in the generator?)",
+                       file=ckpt.source, key=layer.prefix)
+    D = None
+    if layer.skip_key is not None:
+        D = ckpt.get(layer.skip_key, torch.float64).reshape(-1)  # (C,)
+        if D.numel() != h.shape[0]:
+            raise LcdError(f"the skip term has {D.numel()} values but the kernel has "
+                           f"{h.shape[0]} channels", file=ckpt.source, key=layer.skip_key)
+    return h, D

@@ -1,0 +1,58 @@
+"""Modal (diagonal SSM) kernels: the representation lcd distils into.
+
+Dimensions:
+    C  channels (independent kernels)
+    N  modes per channel (complex poles; N modes = 2N real state numbers)
+    L  kernel length, t = 0 .. L-1
+
+A modal kernel is h[c, t] = Re sum_n R[c, n] * p[c, n]^t  (StripedHyena / Evo-1 form).
+It is the impulse response of the diagonal recurrence
+    x_t = p * x_{t-1} + u_t,   y_t = Re(sum_n R_n x_t[n]) + D u_t.
+Complex parameters are stored in checkpoints as float32 [real, imag] pairs, shape (C, N, 2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Time steps evaluated per chunk: bounds memory at C * N * CHUNK complex numbers.
+_CHUNK = 8192
+
+
+def modal_kernel(poles: Tensor, residues: Tensor, length: int) -> Tensor:
+    """h[c, t] = Re sum_n R[c, n] p[c, n]^t for t < length, in the poles' real precision.
+
+    Args:
+        poles: (C, N) complex.
+        residues: (C, N) complex.
+        length: L.
+    Returns:
+        (C, L) real tensor (float64 for complex128 input, float32 for complex64).
+    """
+    if poles.shape != residues.shape:
+        raise ValueError(f"poles {tuple(poles.shape)} and residues {tuple(residues.shape)} differ")
+    real_dtype = torch.float64 if poles.dtype == torch.complex128 else torch.float32
+    log_p = torch.log(poles)  # (C, N); -inf + i*angle for p = 0
+    is_zero = poles == 0  # (C, N)
+    out = torch.empty(poles.shape[0], length, dtype=real_dtype, device=poles.device)  # (C, L)
+    for start in range(0, length, _CHUNK):
+        t = torch.arange(start, min(start + _CHUNK, length), device=poles.device, dtype=real_dtype)
+        powers = torch.exp(log_p[..., None] * t)  # (C, N, T)
+        # 0^0 = 1, 0^t = 0: exp(0 * -inf) would be NaN.
+        zero_pow = (t == 0).to(powers.dtype).expand_as(powers)  # (C, N, T)
+        powers = torch.where(is_zero[..., None], zero_pow, powers)
+        out[:, start : start + t.numel()] = torch.einsum("cn,cnt->ct", residues, powers).real
+    return out
+
+
+def to_pairs(z: Tensor) -> Tensor:
+    """Complex (...,) -> float32 (..., 2) holding [real, imag]."""
+    return torch.view_as_real(z.to(torch.complex64)).contiguous()
+
+
+def from_pairs(pairs: Tensor) -> Tensor:
+    """Float (..., 2) [real, imag] -> complex128 (...,)."""
+    if pairs.shape[-1] != 2:
+        raise ValueError(f"expected a trailing [real, imag] axis of size 2, got {tuple(pairs.shape)}")
+    return torch.view_as_complex(pairs.to(torch.float64).contiguous())

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install what the tests need (keeping a suitable torch), lint, and run the test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k hyena`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_install.sh
+"$PY" -m ruff check lcd_cli tests scripts
+"$PY" -m pytest -q "$@"

@@ -1,0 +1,32 @@
+"""Shared fixtures: small example checkpoints written to a temporary folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcd_cli.examples import make_example, write_example
+
+# Sizes small enough for fast tests, with awkward lengths.
+SMALL = {
+    "hyenadna": {"d_model": 8, "n_layers": 2, "l_max": 203},
+    "stripedhyena": {"d_model": 6, "n_blocks": 3, "modes": 4},
+    "long-conv": {"d_model": 5, "n_layers": 2, "length": 157, "channels": 2},
+}
+
+
+@pytest.fixture
+def write_ckpt(tmp_path: Path) -> Callable[..., Path]:
+    """write_ckpt(tensors | example name, name=..., shards=1) -> path of the checkpoint."""
+
+    def write(source: dict[str, torch.Tensor] | str, name: str = "model.safetensors",
+              shards: int = 1, seed: int = 0, dtype: str = "fp32") -> Path:
+        tensors = (make_example(source, seed=seed, dtype=dtype, **SMALL[source])
+                   if isinstance(source, str) else source)
+        files = write_example(tensors, tmp_path / name, shards=shards)
+        return files[0]
+
+    return write
