@@ -248,7 +248,7 @@ def _report(plan: DistillPlan, results: list[LayerResult], command: str, source_
         "lcd_version": __version__,
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+        "environment": {"python": platform.python_version(), "torch": str(torch.__version__),
                         "device": device or "auto", "seed": seed},
         "source": {"path": str(plan.source), "sha256": source_sha},
         "output": {"path": str(plan.output), "sha256": output_sha},

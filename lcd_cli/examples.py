@@ -27,7 +27,7 @@ def _uniform(g: torch.Generator, *shape: int, fan_in: int) -> Tensor:
 
 
 def hyenadna(g: torch.Generator, d_model: int = 64, n_layers: int = 2, l_max: int = 1026,
-             emb_dim: int = 5, width: int = 64, sin_freq: float = 1.0) -> Tensors:
+             emb_dim: int = 5, width: int = 64, sin_freq: float = 5.0) -> Tensors:
     """HyenaDNA "-hf" layout (hyena.backbone.layers.{i}.mixer.filter_fn.*)."""
     from lcd_cli.kernels.hyena import positional_features
 

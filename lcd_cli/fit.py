@@ -53,12 +53,15 @@ _S_RE_MIN = math.log(_R_MIN)
 _ERA_WINDOW = 8192  # samples used by the subspace step
 _REFINE_WINDOW = 65536  # samples used by the refinement (the final residues use all L)
 _EXACT_ROWS = 256  # dense Hankel SVD up to this many rows, randomized above
-_REFINE_ITERS = 40
+_ERA_POWER_ITERS = 2  # randomized-SVD power iterations for the initial poles
+_REFINE_ITERS = 100
 _RIDGE = 1e-12  # Tikhonov term on the unit-diagonal-scaled Gram matrix
 _SERIES_TERMS = 22  # Taylor terms of the geometric sums for |sigma L| <= 1
 _STREAM_BUDGET = 1 << 22  # complex elements of one (C, N, T) block of powers
 _CHANNEL_BUDGET = 1 << 23  # float64 words of per-chunk (C, 4N, 4N) work arrays
 _FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-eq. resolution)
+_STALL_ITERS = 8  # a channel stops when its squared error fell by less than
+_STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
 
 
 @dataclass
@@ -198,18 +201,20 @@ def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
             - em1 * e / d**2
             + 2.0 * em1 * e**2 / d**3
         )
-    # Series.
-    q = _power_means(length, sigma.device).to(sigma.dtype)  # (J,) as complex
-    us = torch.where(small, u, torch.zeros_like(u))  # (...)
-    out: list[Tensor] = []
-    for k in range(kmax + 1):
-        acc = torch.zeros_like(sigma)  # (...)
-        term = torch.ones_like(sigma)  # (...) u^j / j!
+    # Series, only where |sigma L| <= 1 (terms u^j / j! shared by all k).
+    out = [c.clone() for c in closed]
+    idx = torch.nonzero(small.reshape(-1)).squeeze(-1)  # (S,)
+    if idx.numel():
+        q = _power_means(length, sigma.device).to(sigma.dtype)  # (J,) as complex
+        us = u.reshape(-1)[idx]  # (S,)
+        term = torch.ones_like(us)  # (S,) u^j / j!
+        accs = [torch.zeros_like(us) for _ in range(kmax + 1)]  # (S,) each
         for j in range(_SERIES_TERMS):
-            acc = acc + term * q[k + j]
+            for k in range(kmax + 1):
+                accs[k] = accs[k] + term * q[k + j]
             term = term * us / (j + 1)
-        series = acc * big_l ** (k + 1)  # (...)
-        out.append(torch.where(small, series, closed[k]))
+        for k in range(kmax + 1):
+            out[k].reshape(-1)[idx] = accs[k] * big_l ** (k + 1)
     return out
 
 
@@ -217,7 +222,28 @@ def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
 
 
 def _time_chunk(c: int, n: int, length: int) -> int:
-    return int(max(64, min(length, _STREAM_BUDGET // max(1, c * n))))
+    """Time-chunk length: ~sqrt(L) balances building the powers against per-chunk shifts."""
+    target = max(256, min(2048, int(math.sqrt(length)) * 8))
+    return int(max(16, min(length, target, _STREAM_BUDGET // max(1, c * n))))
+
+
+def _powers(s: Tensor, count: int) -> Tensor:
+    """e^{s tau} for tau = 0 .. count - 1 by doubling (one complex product per entry).
+
+    Args:
+        s: (C, N) complex.
+    Returns:
+        (C, N, count) complex.
+    """
+    out = torch.empty(*s.shape, count, dtype=s.dtype, device=s.device)  # (C, N, T)
+    out[..., 0] = 1.0
+    width = 1
+    while width < count:
+        step = min(width, count - width)
+        shift = torch.exp(s * width)[..., None]  # (C, N, 1) exact e^{s width}
+        out[..., width : width + step] = out[..., :step] * shift
+        width += step
+    return out
 
 
 def _moments(h: Tensor, s: Tensor, length: int, with_t: bool) -> tuple[Tensor, Tensor | None]:
@@ -235,7 +261,7 @@ def _moments(h: Tensor, s: Tensor, length: int, with_t: bool) -> tuple[Tensor, T
     c, n = s.shape
     chunk = _time_chunk(c, n, length)
     tau = torch.arange(chunk, dtype=torch.float64, device=s.device)  # (T,)
-    powers = torch.exp(s[:, :, None] * tau)  # (C, N, T)
+    powers = _powers(s, chunk)  # (C, N, T)
     z = torch.zeros(c, n, dtype=s.dtype, device=s.device)  # (C, N)
     d = torch.zeros_like(z) if with_t else None  # (C, N)
     for t0 in range(0, length, chunk):
@@ -260,8 +286,7 @@ def _evaluate(s: Tensor, residues: Tensor, length: int) -> Tensor:
     """
     c, n = s.shape
     chunk = _time_chunk(c, n, length)
-    tau = torch.arange(chunk, dtype=torch.float64, device=s.device)  # (T,)
-    powers = torch.exp(s[:, :, None] * tau)  # (C, N, T)
+    powers = _powers(s, chunk)  # (C, N, T)
     out = torch.empty(c, length, dtype=torch.float64, device=s.device)  # (C, L)
     for t0 in range(0, length, chunk):
         width = min(chunk, length - t0)
@@ -422,7 +447,9 @@ def _era_poles(h: Tensor, order: int, seed: int) -> Tensor:
     r = min(2 * order, m - 1, n)
     if r < 1:
         return torch.log(_pad_poles(c, order, h.device))
-    u, _, _, _ = hankel_svd(hw, r, exact_max_rows=_EXACT_ROWS, seed=seed)  # (C, m, r)
+    u, _, _, _ = hankel_svd(
+        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS
+    )  # (C, m, r)
     assert u is not None
     u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
     u1t = u1.transpose(-1, -2)  # (C, r, m-1)
@@ -500,9 +527,13 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
     frozen_at = (_FROZEN_REL**2) * h2  # (C,)
     st = _vp_state(h, s, length, h2)
     mu = torch.full((c,), 1e-3, dtype=torch.float64, device=s.device)  # (C,)
-    eye = torch.eye(2 * n, dtype=torch.float64, device=s.device)  # (2N, 2N)
-    for _ in range(iters):
-        active = (st["f"] > frozen_at) & (mu < 1e12)  # (C,)
+    f_hist = [st["f"]]  # objective per iteration, for the stall test
+    for it in range(iters):
+        stalled = torch.zeros(c, dtype=torch.bool, device=s.device)  # (C,)
+        if it >= _STALL_ITERS:
+            old = f_hist[-1 - _STALL_ITERS]  # (C,)
+            stalled = st["f"] > (1.0 - _STALL_RTOL) * old
+        active = (st["f"] > frozen_at) & (mu < 1e12) & ~stalled  # (C,)
         if not bool(active.any()):
             break
         jtj = st["jtj"]  # (C, 2N, 2N)
@@ -520,6 +551,7 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
             sel = better.view(-1, *([1] * (st[key].ndim - 1)))
             st[key] = torch.where(sel, st_try[key], st[key])
         mu = torch.where(better, mu / 3.0, torch.where(active, mu * 4.0, mu))
+        f_hist.append(st["f"])
     return s
 
 

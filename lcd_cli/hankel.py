@@ -76,22 +76,28 @@ class EckartYoungFloor:
         return "floor" if self.rigorous else "estimate"
 
 
-def hankel_shape(length: int) -> tuple[int, int]:
-    """(m, n) of the square-ish Hankel matrix of a length-L kernel: m = ceil(L/2), m + n = L + 1."""
-    m = (length + 1) // 2
+def hankel_shape(length: int, rows: int | None = None) -> tuple[int, int]:
+    """(m, n) of the Hankel matrix of a length-L kernel: m + n = L + 1.
+
+    Default m = ceil(L/2) (square-ish, so min(m, n) = m); `rows` picks another m in [1, L].
+    """
+    m = (length + 1) // 2 if rows is None else int(rows)
+    if not 1 <= m <= max(1, length):
+        raise ValueError(f"Hankel rows must be in [1, {length}], got {m}")
     return m, length - m + 1
 
 
-def hankel_frob2(h: Tensor) -> Tensor:
+def hankel_frob2(h: Tensor, rows: int | None = None) -> Tensor:
     """Exact ||H||_F^2 per channel: sum_t mult(t) h[t]^2, mult(t) = min(t + 1, m, n, L - t).
 
     Args:
         h: (C, L) real.
+        rows: Hankel rows m (default ceil(L/2)).
     Returns:
         (C,) same dtype.
     """
     length = h.shape[-1]
-    m, n = hankel_shape(length)
+    m, n = hankel_shape(length, rows)
     t = torch.arange(length, device=h.device)  # (L,)
     mult = torch.minimum(torch.minimum(t + 1, length - t), torch.tensor(min(m, n)))  # (L,)
     return (h * h * mult.to(h.dtype)).sum(-1)  # (C,)
@@ -113,32 +119,42 @@ def fft_size(n: int) -> int:
     return best
 
 
-def _hankel_apply(hf: Tensor, x: Tensor, rows: int, cols: int, nfft: int) -> Tensor:
-    """Y = H X for the rows x cols Hankel matrix of h (rows + cols = L + 1), via FFT.
+def _hankel_apply(hf: Tensor, xt: Tensor, rows: int, cols: int, nfft: int) -> Tensor:
+    """(H X)^T for the rows x cols Hankel matrix of h (rows + cols = L + 1), via FFT.
 
     y[i] = sum_j h[i + j] x[j] = (h * flip(x))[i + cols - 1]; a circular convolution of size
-    nfft >= L has no wrap-around on the indices cols - 1 .. L - 1 that are kept.
+    nfft >= L has no wrap-around on the indices cols - 1 .. L - 1 that are kept. Vectors are
+    stored as rows (FFT along the last axis).
 
     Args:
         hf: (C, F) rfft of h at size nfft.
-        x: (C | 1, cols, q) real.
+        xt: (C | 1, q, cols) real, X transposed.
     Returns:
-        (C, rows, q) real.
+        (C, q, rows) real, (H X) transposed.
     """
     c = hf.shape[0]
-    q = x.shape[-1]
-    out = torch.empty(c, rows, q, dtype=x.dtype, device=x.device)  # (C, rows, q)
+    q = xt.shape[1]
+    out = torch.empty(c, q, rows, dtype=xt.dtype, device=xt.device)  # (C, q, rows)
     block = max(1, _BUDGET // max(1, c * hf.shape[-1]))
     for start in range(0, q, block):
-        xb = torch.flip(x[..., start : start + block], dims=(1,))  # (C|1, cols, qb)
-        xf = torch.fft.rfft(xb, n=nfft, dim=1)  # (C|1, F, qb)
-        yb = torch.fft.irfft(hf[:, :, None] * xf, n=nfft, dim=1)  # (C, nfft, qb)
-        out[..., start : start + block] = yb[:, cols - 1 : cols - 1 + rows]
+        xb = torch.flip(xt[:, start : start + block], dims=(-1,))  # (C|1, qb, cols)
+        xf = torch.fft.rfft(xb, n=nfft, dim=-1)  # (C|1, qb, F)
+        yb = torch.fft.irfft(hf[:, None, :] * xf, n=nfft, dim=-1)  # (C, qb, nfft)
+        out[:, start : start + block] = yb[..., cols - 1 : cols - 1 + rows]
     return out
 
 
+def _orth_rows(yt: Tensor) -> Tensor:
+    """Orthonormal basis of the column space of Y, given and returned transposed (C, q, rows)."""
+    return torch.linalg.qr(yt.transpose(-1, -2)).Q.transpose(-1, -2)
+
+
 def _randomized_svd(
-    h: Tensor, k: int, seed: int, power_iters: int = _POWER_ITERS
+    h: Tensor,
+    k: int,
+    seed: int,
+    rows: int | None = None,
+    power_iters: int = _POWER_ITERS,
 ) -> tuple[Tensor, Tensor]:
     """Leading k left singular vectors and values of H(h), never forming H.
 
@@ -152,28 +168,27 @@ def _randomized_svd(
         U (C, m, k), sigma (C, k).
     """
     length = h.shape[-1]
-    m, n = hankel_shape(length)
+    m, n = hankel_shape(length, rows)
     q = min(k + max(_OVERSAMPLE, k // 4), m, n)
     nfft = fft_size(length)
     hf = torch.fft.rfft(h, n=nfft, dim=-1)  # (C, F)
     gen = torch.Generator().manual_seed(seed)
-    omega = torch.randn(1, n, q, generator=gen, dtype=h.dtype).to(h.device)  # (1, n, q)
-    y = _hankel_apply(hf, omega, m, n, nfft)  # (C, m, q)
-    qm = torch.linalg.qr(y).Q  # (C, m, q)
+    omega = torch.randn(1, q, n, generator=gen, dtype=h.dtype).to(h.device)  # (1, q, n)
+    qt = _orth_rows(_hankel_apply(hf, omega, m, n, nfft))  # (C, q, m)
     for _ in range(power_iters):
-        z = _hankel_apply(hf, qm, n, m, nfft)  # (C, n, q) = H^T Q
-        qz = torch.linalg.qr(z).Q  # (C, n, q)
-        y = _hankel_apply(hf, qz, m, n, nfft)  # (C, m, q)
-        qm = torch.linalg.qr(y).Q  # (C, m, q)
-    bt = _hankel_apply(hf, qm, n, m, nfft)  # (C, n, q) = (Q^T H)^T
-    _, s, vh = torch.linalg.svd(bt, full_matrices=False)  # s (C, q), vh (C, q, q)
-    u = qm @ vh.transpose(-1, -2)  # (C, m, q): H ~ Q B, B = V S Ub^T
+        zt = _orth_rows(_hankel_apply(hf, qt, n, m, nfft))  # (C, q, n) from H^T Q
+        qt = _orth_rows(_hankel_apply(hf, zt, m, n, nfft))  # (C, q, m) from H Z
+    b = _hankel_apply(hf, qt, n, m, nfft)  # (C, q, n) = Q^T H
+    ub, s, _ = torch.linalg.svd(b, full_matrices=False)  # ub (C, q, q), s (C, q)
+    u = qt.transpose(-1, -2) @ ub  # (C, m, q): H ~ Q B = (Q Ub) S Vb^T
     return u[..., :k], s[..., :k]
 
 
-def _dense_svd(h: Tensor, want_vectors: bool) -> tuple[Tensor | None, Tensor]:
-    """Full SVD of the explicit Hankel matrix. Returns U (C, m, m) or None, sigma (C, m)."""
-    m, n = hankel_shape(h.shape[-1])
+def _dense_svd(
+    h: Tensor, want_vectors: bool, rows: int | None = None
+) -> tuple[Tensor | None, Tensor]:
+    """SVD of the explicit Hankel matrix. Returns U (C, m, p) or None, sigma (C, p), p = min(m, n)."""
+    m, n = hankel_shape(h.shape[-1], rows)
     hm = h.unfold(-1, n, 1)  # (C, m, n), row i = h[i : i + n]
     if want_vectors:
         u, s, _ = torch.linalg.svd(hm, full_matrices=False)  # (C, m, m), (C, m)
@@ -188,6 +203,8 @@ def hankel_svd(
     exact_max_rows: int = 1024,
     seed: int = 0,
     want_vectors: bool = True,
+    rows: int | None = None,
+    power_iters: int = _POWER_ITERS,
 ) -> tuple[Tensor | None, Tensor, bool, Tensor | None]:
     """Leading k singular triplets of the Hankel matrices of a batch of kernels.
 
@@ -196,15 +213,16 @@ def hankel_svd(
 
     Args:
         h: (C, L) real.
-        k: number of singular values (clamped to m; sigma is zero-padded to k).
+        k: number of singular values (clamped to min(m, n); sigma is zero-padded to k).
+        rows: Hankel rows m (default ceil(L/2)).
     Returns:
-        U (C, m, k') or None, sigma (C, k), exact, all_sigma (C, m) (exact only, else None);
-        k' = min(k, m).
+        U (C, m, k') or None, sigma (C, k), exact, all_sigma (C, min(m, n)) (exact only, else
+        None); k' = min(k, m, n).
     """
     h = h.to(torch.float64)
     c, length = h.shape
-    m, n = hankel_shape(length)
-    kk = min(k, m)
+    m, n = hankel_shape(length, rows)
+    kk = min(k, m, n)
     exact = m <= exact_max_rows
     us: list[Tensor] = []
     sig: list[Tensor] = []
@@ -212,18 +230,18 @@ def hankel_svd(
     if exact:
         step = max(1, _BUDGET // (m * n))
     else:
-        q = min(kk + max(_OVERSAMPLE, kk // 4), m)
+        q = min(kk + max(_OVERSAMPLE, kk // 4), m, n)
         step = max(1, _BUDGET // ((fft_size(length) // 2 + 1) * 2 * q + n * q))
     for start in range(0, c, step):
         hc = h[start : start + step]  # (Cc, L)
         if exact:
-            u, s = _dense_svd(hc, want_vectors)  # (Cc, m, m) | None, (Cc, m)
+            u, s = _dense_svd(hc, want_vectors, rows)  # (Cc, m, p) | None, (Cc, p)
             alls.append(s)
             if u is not None:
                 us.append(u[..., :kk])
             sig.append(s[..., :kk])
         else:
-            u, s = _randomized_svd(hc, kk, seed)  # (Cc, m, kk), (Cc, kk)
+            u, s = _randomized_svd(hc, kk, seed, rows, power_iters)  # (Cc, m, kk), (Cc, kk)
             if want_vectors:
                 us.append(u)
             sig.append(s)
@@ -231,39 +249,40 @@ def hankel_svd(
     if k > kk:
         sigma = torch.cat([sigma, sigma.new_zeros(c, k - kk)], dim=-1)  # (C, k)
     u_all = torch.cat(us) if us else None
-    all_sigma = (torch.cat(alls) if alls else h.new_zeros(0, m)) if exact else None
+    all_sigma = (torch.cat(alls) if alls else h.new_zeros(0, min(m, n))) if exact else None
     return u_all, sigma, exact, all_sigma
 
 
 def hankel_singular_values(
-    h: Tensor, k: int, *, exact_max_rows: int = 1024, seed: int = 0
+    h: Tensor, k: int, *, exact_max_rows: int = 1024, seed: int = 0, rows: int | None = None
 ) -> HankelSpectrum:
     """Leading k Hankel singular values per channel, plus the exact Frobenius norm.
 
     Args:
         h: (C, L) float64 kernels.
         k: how many singular values (2 * max order for floors).
-        exact_max_rows: dense SVD (exact) when m = ceil(L / 2) <= this, else randomized.
+        exact_max_rows: dense SVD (exact) when m <= this, else randomized.
         seed: seed of the randomized SVD's test matrix.
+        rows: Hankel rows m (default ceil(L/2), the square-ish matrix).
     Returns:
-        HankelSpectrum with sigma (C, k) descending, frob2 (C,), rows m, exact flag.
+        HankelSpectrum with sigma (C, k) descending, frob2 (C,), rows min(m, n), exact flag.
     """
     if h.ndim != 2:
         raise ValueError(f"expected (C, L) kernels, got shape {tuple(h.shape)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     h = h.to(torch.float64)
-    m, _ = hankel_shape(h.shape[-1])
+    m, n = hankel_shape(h.shape[-1], rows)
     _, sigma, exact, all_sigma = hankel_svd(
-        h, k, exact_max_rows=exact_max_rows, seed=seed, want_vectors=False
+        h, k, exact_max_rows=exact_max_rows, seed=seed, want_vectors=False, rows=m
     )
     tail2 = None
     if all_sigma is not None:
-        s2 = all_sigma * all_sigma  # (C, m)
-        rev = torch.flip(torch.cumsum(torch.flip(s2, (-1,)), -1), (-1,))  # (C, m)
-        tail2 = torch.cat([rev, rev.new_zeros(rev.shape[0], 1)], dim=-1)  # (C, m + 1)
+        s2 = all_sigma * all_sigma  # (C, p)
+        rev = torch.flip(torch.cumsum(torch.flip(s2, (-1,)), -1), (-1,))  # (C, p)
+        tail2 = torch.cat([rev, rev.new_zeros(rev.shape[0], 1)], dim=-1)  # (C, p + 1)
     return HankelSpectrum(
-        sigma=sigma, frob2=hankel_frob2(h), rows=m, exact=exact, tail2=tail2
+        sigma=sigma, frob2=hankel_frob2(h, m), rows=min(m, n), exact=exact, tail2=tail2
     )
 
 
@@ -312,6 +331,54 @@ def eckart_young_floor(
     )
 
 
+def hankel_floor(
+    h: Tensor,
+    orders: Sequence[int],
+    *,
+    exact_max_rows: int = 1024,
+    seed: int = 0,
+    max_dense: int = 1 << 24,
+) -> EckartYoungFloor:
+    """Tightest Eckart-Young floor over several Hankel shapes (the max of valid bounds).
+
+    Every m gives a valid bound sqrt(tail_r(H_m) / min(m, n)) / ||h||. The square matrix
+    (m = ceil(L/2)) weights h[t] by mult(t) = min(t + 1, m, L - t), far below m for the
+    early samples where decaying kernels keep their energy, so its bound is loose there; a
+    short-and-wide Hankel (m a few times 2N) has mult(t) = m for most t and is often much
+    tighter. Row counts 2 Nmax + 1, doubling, up to ceil(L/2) are tried with dense (exact)
+    SVDs where m <= exact_max_rows and m * n <= max_dense; the result is rigorous. Only if no
+    shape qualifies is the square matrix's randomized estimate returned (rigorous=False).
+
+    Args:
+        h: (C, L) kernels; orders: the orders N.
+    Returns:
+        EckartYoungFloor with values (C, len(orders)).
+    """
+    h = h.to(torch.float64)
+    length = h.shape[-1]
+    k = 2 * max(orders)
+    norm2 = (h * h).sum(-1)  # (C,)
+    m_full, _ = hankel_shape(length)
+    grid: list[int] = []
+    m = min(k + 1, m_full)
+    while m < m_full:
+        grid.append(m)
+        m *= 2
+    grid.append(m_full)
+    best: Tensor | None = None
+    for m in grid:
+        n = length - m + 1
+        if m > exact_max_rows or m * n > max_dense:
+            continue
+        spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed, rows=m)
+        vals = eckart_young_floor(spec, norm2, orders).values  # (C, len(orders))
+        best = vals if best is None else torch.maximum(best, vals)
+    if best is not None:
+        return EckartYoungFloor(values=best, orders=tuple(int(o) for o in orders), rigorous=True)
+    spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed)
+    return eckart_young_floor(spec, norm2, orders)
+
+
 def order_for_tolerance(floors: Tensor | EckartYoungFloor, tol: float) -> int | None:
     """Smallest N whose floor is <= tol, for floors over orders N = 1 .. Nmax.
 
@@ -334,6 +401,7 @@ __all__ = [
     "HankelSpectrum",
     "eckart_young_floor",
     "fft_size",
+    "hankel_floor",
     "hankel_frob2",
     "hankel_shape",
     "hankel_singular_values",

@@ -58,7 +58,7 @@ class LayerCheck:
     length: int  # check length T
     kernel_length: int  # L
     window: int  # errors use t < window = min(length, L)
-    channels: list[int] | None  # checked channel indices, None = all
+    checked_channels: list[int] | None  # checked channel indices, None = all
     step_tokens: int  # tokens driven by the "step" path
     prefill_tokens: int  # prompt length of the "prefill" path
     prefill_step_tokens: int  # tokens stepped after that prompt
@@ -139,7 +139,7 @@ def verify_layer(
         length: check length T (T > L also reports `beyond_length`).
         seed: seed of the input generator.
         batch: inputs per kind.
-        max_channels: check only this many channels, spread evenly (recorded in `channels`).
+        max_channels: check only this many channels, spread evenly (see `checked_channels`).
         step_cap: most tokens the token-by-token paths drive.
         chunk: chunk length of the scan path.
     """
@@ -219,7 +219,7 @@ def verify_layer(
             "stop": length,
             "path": "scan",
             "errors": tail_errors,
-            "worst": _worst(list(tail_errors.values())),
+            "deviation": _worst(list(tail_errors.values())),  # max over kinds
             "tail_peak_ratio": ratio,
             "bounded": bool(_all_finite(tail) and ratio <= BOUNDED_FACTOR),
             "kernel_tail_rel": k_tail / h_norm if h_norm > 0 else k_tail,
@@ -234,7 +234,7 @@ def verify_layer(
         length=length,
         kernel_length=kernel_len,
         window=window,
-        channels=channels,
+        checked_channels=channels,
         step_tokens=n_step,
         prefill_tokens=n_prompt,
         prefill_step_tokens=window - n_prompt,

@@ -86,7 +86,7 @@ def test_beyond_length_report() -> None:
     assert beyond is not None and beyond["start"] == L and beyond["stop"] == 3 * L + 7
     assert set(beyond["errors"]) == set(INPUT_KINDS) and beyond["bounded"]
     # the SSM keeps its (decaying) tail while the original kernel is cut at L
-    assert beyond["kernel_tail_rel"] > 0 and beyond["worst"] > 0
+    assert beyond["kernel_tail_rel"] > 0 and beyond["deviation"] > 0
     assert check.worst < 1e-10  # window errors stay those of t < L
     assert check.window == L and check.step_tokens == L
 
@@ -96,13 +96,13 @@ def test_truncated_kernel_beyond_length_is_zero_for_fir_ssm() -> None:
     ssm = DiagonalSSM(torch.zeros(C, N, dtype=torch.complex128), torch.ones(C, N) * 0.25)
     h = ssm.kernel(L)
     check = verify_layer(h, None, ssm, length=2 * L, seed=3)
-    assert check.worst < 1e-12 and check.beyond_length["worst"] < 1e-12
+    assert check.worst < 1e-12 and check.beyond_length["deviation"] < 1e-12
 
 
 def test_max_channels_and_step_cap() -> None:
     h, D, ssm = exact_pair()
     check = verify_layer(h, D, ssm, length=L, seed=0, max_channels=3, step_cap=16)
-    assert check.channels == [0, 2, 4]
+    assert check.checked_channels == [0, 2, 4]
     assert check.step_tokens == 16 and check.prefill_step_tokens == 16
     assert check.prefill_tokens == L - 16
     assert check.worst < 1e-10
@@ -136,4 +136,4 @@ def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
     gpu = verify_layer(h, D, ssm.to("cuda"), length=2 * L, seed=0)
     floor = 1e-10 if dtype == torch.float64 else 1e-4
     assert gpu.finite and gpu.worst < floor
-    assert gpu.beyond_length["worst"] == pytest.approx(cpu.beyond_length["worst"], rel=1e-3)
+    assert gpu.beyond_length["deviation"] == pytest.approx(cpu.beyond_length["deviation"], rel=1e-3)
