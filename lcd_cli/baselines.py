@@ -106,7 +106,7 @@ def fit_matrix_pencil(h: Tensor, order: int, *, pencil: int | None = None) -> Fi
         pencil: P (default min(L // 3, 512)).
     """
     h = _check_kernel(h).cpu()
-    c, length = h.shape
+    _c, length = h.shape
     _check_order(order, length)
     pp = pencil if pencil is not None else max(1, min(length // 3, _PENCIL_MAX))
     y = h.unfold(-1, pp + 1, 1)  # (C, L - P, P + 1)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lcd_cli import __version__
@@ -66,7 +67,7 @@ def _errors(ctx: typer.Context) -> Iterator[None]:
     except LcdError as e:
         if ctx.obj and ctx.obj.get("debug"):
             raise
-        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
 
 
@@ -330,13 +331,87 @@ def example(
               highlight=False)
 
 
-def _not_yet(name: str) -> Callable[..., None]:
-    def command() -> None:
-        err.print(f"[bold red]error:[/] `lcd {name}` is not implemented yet.")
-        raise typer.Exit(2)
+@app.command()
+def bench(
+    ctx: typer.Context,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    channels: Annotated[int | None, typer.Option(
+        "--channels", "-c", help="Channels C of the decoded layer [256; --quick 64].")] = None,
+    order: Annotated[int | None, typer.Option(
+        "--order", "-n", help="Modes per channel N [16; --quick 8].")] = None,
+    lengths: Annotated[str | None, typer.Option(
+        "--lengths", "-L", help="Comma-separated kernel/context lengths "
+        "[1024,8192,65536; --quick 1024,4096].")] = None,
+    tokens: Annotated[int | None, typer.Option(
+        "--tokens", "-T", help="Tokens decoded per timed run (at most L/2) [64; --quick 16].")] = None,
+    batch: Annotated[int | None, typer.Option(
+        "--batch", "-B", help="Sequences decoded together [1].")] = None,
+    repeats: Annotated[int | None, typer.Option(
+        help="Timed runs per measurement, after warm-up [5; --quick 3].")] = None,
+    fit_channels: Annotated[int | None, typer.Option(
+        help="Channels actually fitted per length (their modes are tiled to C for decoding) "
+        "[32; --quick 4].")] = None,
+    json_out: Annotated[str | None, typer.Option(
+        "--json", help="Write the result as JSON to PATH ('-' for stdout).")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Write a PNG of latency per token vs length (needs matplotlib).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="torch CPU threads during the bench (default: torch's; use 1 on a busy shared "
+        "CPU, where multi-threaded small ops stall).")] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Small sizes (well under a minute on a laptop CPU).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the kernels and inputs.")] = 0,
+) -> None:
+    """Time fitting, per-token decoding (recurrent step vs FFT vs cached direct convolution)
+    and prefill of one layer at several lengths.
 
-    command.__doc__ = f"(not implemented yet) {name}"
-    return command
+    Kernels are synthetic damped oscillations plus noise; the decoded layer is the distilled
+    SSM in float32. Medians over --repeats timed runs after warm-up; spreads in --json.
+    """
+    from lcd_cli.bench import parse_lengths, plot_bench, require_matplotlib, run_bench, settings_for
+
+    with _errors(ctx):
+        if plot is not None:
+            require_matplotlib()
+        opts = settings_for(quick, channels=channels, order=order, tokens=tokens, batch=batch,
+                            repeats=repeats, fit_channels=fit_channels,
+                            lengths=None if lengths is None else parse_lengths(lengths))
+        dev = _device(device)
+        with err.status("lcd bench") as status:
+            result = run_bench(device=dev, quick=quick, seed=seed, threads=threads,
+                               progress=lambda msg: status.update(f"lcd bench: {msg}"), **opts)
+        if json_out == "-":
+            print(json.dumps(result, indent=2))
+        elif json_out:
+            try:
+                Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+            except OSError as e:
+                raise LcdError(f"cannot write the JSON: {e.strerror}", file=json_out) from None
+        if plot is not None:
+            plot_bench(result, plot)
+    _bench_summary(result)
 
 
-app.command("bench")(_not_yet("bench"))
+def _bench_summary(result: dict[str, Any]) -> None:
+    s, env = result["settings"], result["environment"]
+    table = Table(title=f"lcd bench on {env['device_name']} ({s['device']}): C={s['channels']}, "
+                  f"N={s['order']}, B={s['batch']}, float32; ms per token, median of "
+                  f"{s['repeats']} runs")
+    for col in ("L", "recurrent", "FFT", "direct", "FFT/rec", "direct/rec", "prefill ms",
+                "rec GB/s", "fit ch/s", "fit rel_l2"):
+        table.add_column(col, justify="right")
+    fits = {row["length"]: row for row in result["fit"]}
+    for row in result["decode"]:
+        fit = fits[row["length"]]
+        table.add_row(str(row["length"]), f"{row['recurrent_ms_per_token']:.4f}",
+                      f"{row['fft_ms_per_token']:.3f}", f"{row['direct_ms_per_token']:.3f}",
+                      f"{row['fft_over_recurrent']:,.0f}x", f"{row['direct_over_recurrent']:,.0f}x",
+                      f"{row['prefill_ms']:.2f}", f"{row['recurrent_gbps']:.2f}",
+                      f"{fit['channels_per_s']:.2f}", _fmt(fit["rel_l2_median"]))
+    err.print(table)
+    mem = ", ".join(f"{r['peak_mem_mb']:.0f}" for r in result["fit"])
+    fft_n = ", ".join(str(r["tokens_timed"]["fft"]) for r in result["decode"])
+    dir_n = ", ".join(str(r["tokens_timed"]["direct"]) for r in result["decode"])
+    err.print(f"fit: {s['fit_channels']} channel(s) per length, {s['fit_repeats']} timed run(s); "
+              f"peak memory {mem} MB ({s['peak_mem_method']}). Tokens per timed run: recurrent "
+              f"{s['tokens']} (at most L/2), FFT {fft_n}, direct {dir_n}.", highlight=False)

@@ -53,7 +53,7 @@ _S_RE_MIN = math.log(_R_MIN)
 _ERA_WINDOW = 8192  # samples used by the subspace step
 _REFINE_WINDOW = 65536  # samples used by the refinement (the final residues use all L)
 _EXACT_ROWS = 256  # dense Hankel SVD up to this many rows, randomized above
-_ERA_POWER_ITERS = 2  # randomized-SVD power iterations for the initial poles
+_ERA_POWER_ITERS = 6  # randomized-SVD power iterations for the initial poles
 _REFINE_ITERS = 100
 _RIDGE = 1e-12  # Tikhonov term on the unit-diagonal-scaled Gram matrix
 _SERIES_TERMS = 22  # Taylor terms of the geometric sums for |sigma L| <= 1
@@ -276,25 +276,6 @@ def _moments(h: Tensor, s: Tensor, length: int, with_t: bool) -> tuple[Tensor, T
     return z, d
 
 
-def _evaluate(s: Tensor, residues: Tensor, length: int) -> Tensor:
-    """h_hat[c, t] = Re sum_n R[c, n] e^{s[c, n] t}, streamed over time.
-
-    Args:
-        s, residues: (C, N) complex128.
-    Returns:
-        (C, L) float64.
-    """
-    c, n = s.shape
-    chunk = _time_chunk(c, n, length)
-    powers = _powers(s, chunk)  # (C, N, T)
-    out = torch.empty(c, length, dtype=torch.float64, device=s.device)  # (C, L)
-    for t0 in range(0, length, chunk):
-        width = min(chunk, length - t0)
-        coef = (residues * torch.exp(s * t0))[:, None, :]  # (C, 1, N)
-        out[:, t0 : t0 + width] = (coef @ powers[:, :, :width])[:, 0].real  # (C, T')
-    return out
-
-
 # ----------------------------------------------------------------------------- least squares
 
 
@@ -331,25 +312,27 @@ def _rep2(x: Tensor) -> Tensor:
 
 
 def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Solve (G + ridge) x = b after unit-diagonal scaling; masked columns get x = 0.
+    """Solve (G + ridge) X = B after unit-diagonal scaling; masked unknowns get 0.
 
     Args:
-        g: (C, K, K) symmetric PSD; b: (C, K); mask: (C, K) bool, True = active.
+        g: (C, K, K) symmetric PSD; b: (C, K) or (C, K, M); mask: (C, K) bool, True = active.
     Returns:
-        (C, K).
+        same shape as b.
     """
+    vec = b.ndim == 2
+    rhs = b[..., None] if vec else b  # (C, K, M)
     diag = torch.diagonal(g, dim1=-2, dim2=-1)  # (C, K)
     scale = torch.sqrt(diag.clamp_min(0.0))  # (C, K)
     ref = scale.max(dim=-1, keepdim=True).values  # (C, 1)
-    ok = scale > 1e-150 + 1e-30 * ref  # (C, K)
+    ok = scale > 1e-150 + 1e-30 * ref  # (C, K) columns that are not numerically zero
     if mask is not None:
         ok = ok & mask
     inv = torch.where(ok, 1.0 / torch.where(ok, scale, 1.0), 0.0)  # (C, K)
     gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K), unit diagonal where ok
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)  # (K, K)
     gs = gs + eye * torch.where(ok, _RIDGE, 1.0)[:, None, :]  # (C, K, K)
-    y = torch.linalg.solve(gs, (b * inv)[..., None])[..., 0]  # (C, K)
-    return y * inv
+    x = torch.linalg.solve(gs, rhs * inv[:, :, None]) * inv[:, :, None]  # (C, K, M)
+    return x[..., 0] if vec else x
 
 
 def _solve_residues(
@@ -420,7 +403,7 @@ def _select_modes(
     Returns:
         (C, order) complex poles.
     """
-    c, k = cand.shape
+    c, _k = cand.shape
     s = torch.log(cand)  # (C, K)
     res, _ = _solve_residues(h, s, length, valid)  # (C, K)
     s0 = _geom_sums(2 * s.real.to(s.dtype), length, 0)[0].real  # (C, K) sum |p|^{2t}
@@ -450,7 +433,8 @@ def _era_poles(h: Tensor, order: int, seed: int) -> Tensor:
     u, _, _, _ = hankel_svd(
         hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS
     )  # (C, m, r)
-    assert u is not None
+    if u is None:  # pragma: no cover - hankel_svd returns vectors when asked
+        raise RuntimeError("hankel_svd returned no singular vectors")
     u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
     u1t = u1.transpose(-1, -2)  # (C, r, m-1)
     a = torch.linalg.solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
@@ -487,23 +471,10 @@ def _vp_state(h: Tensor, s: Tensor, length: int, h2: Tensor) -> dict[str, Tensor
     bj = (gam_j * torch.cat([d, d], dim=1)).real  # (C, 2N) <j, h>
     grad = bj - (kja @ x[:, :, None])[..., 0]  # (C, 2N) = j^T r
     # Projected Gauss-Newton matrix j^T (I - P_A) j = jj - K G^-1 K^T.
-    gk = _ridge_solve_many(g, kja.transpose(-1, -2))  # (C, 2N, 2N) = G^-1 K^T
+    gk = _ridge_solve(g, kja.transpose(-1, -2))  # (C, 2N, 2N) = G^-1 K^T
     jtj = jj - kja @ gk  # (C, 2N, 2N)
     jtj = 0.5 * (jtj + jtj.transpose(-1, -2))
     return {"x": x, "f": f, "jtj": jtj, "grad": grad}
-
-
-def _ridge_solve_many(g: Tensor, b: Tensor) -> Tensor:
-    """_ridge_solve for a matrix right-hand side. g (C, K, K), b (C, K, M) -> (C, K, M)."""
-    diag = torch.diagonal(g, dim1=-2, dim2=-1)  # (C, K)
-    scale = torch.sqrt(diag.clamp_min(0.0))  # (C, K)
-    ref = scale.max(dim=-1, keepdim=True).values  # (C, 1)
-    ok = scale > 1e-150 + 1e-30 * ref  # (C, K)
-    inv = torch.where(ok, 1.0 / torch.where(ok, scale, 1.0), 0.0)  # (C, K)
-    gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K)
-    eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)  # (K, K)
-    gs = gs + eye * torch.where(ok, _RIDGE, 1.0)[:, None, :]  # (C, K, K)
-    return torch.linalg.solve(gs, b * inv[:, :, None]) * inv[:, :, None]
 
 
 def _clamp_log(s: Tensor) -> Tensor:
@@ -630,18 +601,32 @@ def fit_modal(
 
 
 def _rel_l2_streamed(h: Tensor, poles: Tensor, residues: Tensor) -> Tensor:
-    """rel_l2_error(h, modal kernel) without holding more than a chunk of channels' fits."""
+    """rel_l2_error(h, modal kernel), streamed over channel and time chunks (bounded memory).
+
+    Args:
+        h: (C, L) float64; poles, residues: (C, N) complex128.
+    Returns:
+        (C,) float64.
+    """
     c, length = h.shape
     norm = torch.linalg.vector_norm(h, dim=-1)  # (C,)
     tiny = 1e-12 * norm.max() if c else norm.new_tensor(0.0)
     den = torch.maximum(norm, tiny)  # (C,)
-    err = torch.empty(c, dtype=torch.float64, device=h.device)  # (C,)
+    err2 = torch.zeros(c, dtype=torch.float64, device=h.device)  # (C,)
     n = max(1, poles.shape[1])
-    step = max(1, min(c, _STREAM_BUDGET // (n * min(length, 4096)) or 1, 64))
+    step = max(1, min(c, 256))
     for start in range(0, c, step):
         s = torch.log(poles[start : start + step])  # (Cc, N)
-        hh = _evaluate(s, residues[start : start + step], length)  # (Cc, L)
-        err[start : start + step] = torch.linalg.vector_norm(h[start : start + step] - hh, dim=-1)
+        r = residues[start : start + step]  # (Cc, N)
+        chunk = _time_chunk(s.shape[0], n, length)
+        powers = _powers(s, chunk)  # (Cc, N, T)
+        for t0 in range(0, length, chunk):
+            width = min(chunk, length - t0)
+            coef = (r * torch.exp(s * t0))[:, None, :]  # (Cc, 1, N)
+            hh = (coef @ powers[:, :, :width])[:, 0].real  # (Cc, T')
+            diff = h[start : start + step, t0 : t0 + width] - hh  # (Cc, T')
+            err2[start : start + step] += (diff * diff).sum(-1)
+    err = torch.sqrt(err2)  # (C,)
     return torch.where(den > 0, err / torch.where(den > 0, den, 1.0), err)
 
 

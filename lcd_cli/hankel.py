@@ -33,6 +33,7 @@ from torch import Tensor
 # Element budget for one batch of FFT intermediates / dense Hankel matrices (float64 words).
 _BUDGET = 1 << 25
 _OVERSAMPLE = 10
+_OVERSAMPLE_DIV = 2  # sketch width q = k + max(_OVERSAMPLE, k // _OVERSAMPLE_DIV)
 _POWER_ITERS = 3
 
 
@@ -169,7 +170,7 @@ def _randomized_svd(
     """
     length = h.shape[-1]
     m, n = hankel_shape(length, rows)
-    q = min(k + max(_OVERSAMPLE, k // 4), m, n)
+    q = min(k + max(_OVERSAMPLE, k // _OVERSAMPLE_DIV), m, n)
     nfft = fft_size(length)
     hf = torch.fft.rfft(h, n=nfft, dim=-1)  # (C, F)
     gen = torch.Generator().manual_seed(seed)
@@ -188,7 +189,7 @@ def _dense_svd(
     h: Tensor, want_vectors: bool, rows: int | None = None
 ) -> tuple[Tensor | None, Tensor]:
     """SVD of the explicit Hankel matrix. Returns U (C, m, p) or None, sigma (C, p), p = min(m, n)."""
-    m, n = hankel_shape(h.shape[-1], rows)
+    _m, n = hankel_shape(h.shape[-1], rows)
     hm = h.unfold(-1, n, 1)  # (C, m, n), row i = h[i : i + n]
     if want_vectors:
         u, s, _ = torch.linalg.svd(hm, full_matrices=False)  # (C, m, m), (C, m)
@@ -230,7 +231,7 @@ def hankel_svd(
     if exact:
         step = max(1, _BUDGET // (m * n))
     else:
-        q = min(kk + max(_OVERSAMPLE, kk // 4), m, n)
+        q = min(kk + max(_OVERSAMPLE, kk // _OVERSAMPLE_DIV), m, n)
         step = max(1, _BUDGET // ((fft_size(length) // 2 + 1) * 2 * q + n * q))
     for start in range(0, c, step):
         hc = h[start : start + step]  # (Cc, L)

@@ -1,0 +1,140 @@
+"""Hankel spectra and Eckart-Young floors against naive dense references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lcd_cli.hankel import (
+    eckart_young_floor,
+    hankel_floor,
+    hankel_shape,
+    hankel_singular_values,
+    order_for_tolerance,
+)
+from lcd_cli.modal import modal_kernel
+
+
+def _naive_hankel(h: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """Explicit H[i, j] = h[i + j], m = ceil(L/2) rows unless given."""
+    length = len(h)
+    m = (length + 1) // 2 if rows is None else rows
+    n = length - m + 1
+    return np.array([[h[i + j] for j in range(n)] for i in range(m)])
+
+
+def _modal(channels: int, modes: int, length: int, seed: int, noise: float = 0.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    radius = 0.6 + 0.39 * torch.rand(channels, modes, generator=gen, dtype=torch.float64)
+    angle = math.pi * torch.rand(channels, modes, generator=gen, dtype=torch.float64)
+    res = torch.randn(channels, modes, 2, generator=gen, dtype=torch.float64)
+    h = modal_kernel(torch.polar(radius, angle), torch.view_as_complex(res), length)
+    return h + noise * torch.randn(channels, length, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+def test_dense_spectrum_matches_numpy(length: int) -> None:
+    h = _modal(3, 5, length, seed=1, noise=1e-2)
+    spec = hankel_singular_values(h, 12)
+    assert spec.exact and spec.rows == (length + 1) // 2
+    for c in range(3):
+        hm = _naive_hankel(h[c].numpy())
+        ref = np.linalg.svd(hm, compute_uv=False)
+        np.testing.assert_allclose(spec.sigma[c].numpy(), ref[:12], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(float(spec.frob2[c]), (hm**2).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 40], ids=lambda m: f"rows{m}")
+def test_frobenius_closed_form_other_shapes(rows: int) -> None:
+    h = _modal(2, 3, 63, seed=2, noise=0.1)
+    spec = hankel_singular_values(h, 3, rows=rows)
+    for c in range(2):
+        hm = _naive_hankel(h[c].numpy(), rows)
+        np.testing.assert_allclose(float(spec.frob2[c]), (hm**2).sum(), rtol=1e-12)
+        assert spec.rows == min(hm.shape)
+
+
+def test_randomized_matches_dense() -> None:
+    radius = torch.linspace(0.95, 0.99, 8, dtype=torch.float64).expand(4, 8)
+    angle = torch.linspace(0.2, 2.9, 8, dtype=torch.float64).expand(4, 8)
+    res = torch.randn(4, 8, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    h = modal_kernel(torch.polar(radius, angle), torch.view_as_complex(res), 1000)
+    h = h + 1e-6 * torch.randn(4, 1000, generator=torch.Generator().manual_seed(4)).double()
+    dense = hankel_singular_values(h, 24)
+    rand = hankel_singular_values(h, 24, exact_max_rows=10, seed=5)
+    assert dense.exact and not rand.exact
+    # Signal part (16 = real rank of 8 modes, all well above the noise): essentially exact.
+    assert bool((dense.sigma[:, 15] > 1e3 * dense.sigma[:, 16]).all())
+    torch.testing.assert_close(rand.sigma[:, :16], dense.sigma[:, :16], rtol=1e-8, atol=0.0)
+    # Noise part: a sketch never over-estimates and stays close.
+    assert bool((rand.sigma <= dense.sigma * (1 + 1e-10)).all())
+    torch.testing.assert_close(rand.sigma, dense.sigma, rtol=0.1, atol=0.0)
+    torch.testing.assert_close(rand.frob2, dense.frob2, rtol=1e-12, atol=0.0)
+
+
+def test_randomized_is_deterministic() -> None:
+    h = _modal(2, 4, 700, seed=4, noise=1e-3)
+    a = hankel_singular_values(h, 10, exact_max_rows=10, seed=9)
+    b = hankel_singular_values(h, 10, exact_max_rows=10, seed=9)
+    assert torch.equal(a.sigma, b.sigma)
+
+
+def test_floor_formula_against_naive() -> None:
+    h = _modal(2, 6, 200, seed=6, noise=1e-2)
+    norm2 = (h * h).sum(-1)
+    floor = eckart_young_floor(hankel_singular_values(h, 20), norm2, [1, 3, 6])
+    assert floor.rigorous and floor.label == "floor"
+    for c in range(2):
+        s = np.linalg.svd(_naive_hankel(h[c].numpy()), compute_uv=False)
+        for j, order in enumerate([1, 3, 6]):
+            ref = math.sqrt((s[2 * order :] ** 2).sum() / 100) / math.sqrt(float(norm2[c]))
+            assert float(floor.values[c, j]) == pytest.approx(ref, rel=1e-8)
+
+
+def test_floor_of_exact_modal_kernel_vanishes() -> None:
+    h = _modal(2, 4, 300, seed=7)
+    floor = eckart_young_floor(hankel_singular_values(h, 12), (h * h).sum(-1), [2, 4, 6])
+    assert bool((floor.values[:, 0] > 1e-3).all())
+    assert float(floor.values[:, 1:].max()) < 1e-10
+
+
+def test_randomized_floor_is_flagged_estimate() -> None:
+    h = _modal(2, 4, 500, seed=8, noise=1e-3)
+    spec = hankel_singular_values(h, 8, exact_max_rows=10)
+    floor = eckart_young_floor(spec, (h * h).sum(-1), [2, 4])
+    assert not floor.rigorous and floor.label == "estimate"
+    with pytest.raises(ValueError, match="singular values"):
+        eckart_young_floor(spec, (h * h).sum(-1), [8])
+
+
+def test_hankel_floor_is_tighter_and_rigorous() -> None:
+    h = _modal(3, 10, 600, seed=9, noise=1e-3)
+    norm2 = (h * h).sum(-1)
+    square = eckart_young_floor(hankel_singular_values(h, 16), norm2, [2, 4, 8])
+    best = hankel_floor(h, [2, 4, 8])
+    assert best.rigorous
+    assert bool((best.values >= square.values * (1 - 1e-12)).all())
+
+
+def test_zero_channel_floor_is_zero() -> None:
+    h = torch.zeros(2, 50, dtype=torch.float64)
+    h[1] = _modal(1, 2, 50, seed=10)[0]
+    floor = eckart_young_floor(hankel_singular_values(h, 4), (h * h).sum(-1), [1])
+    assert float(floor.values[0, 0]) == 0.0
+
+
+def test_order_for_tolerance() -> None:
+    floors = torch.tensor([[0.5, 0.2, 0.05, 0.01], [0.4, 0.3, 0.02, 0.001]])
+    assert order_for_tolerance(floors, 0.1) == 3
+    assert order_for_tolerance(floors[1], 0.35) == 2
+    assert order_for_tolerance(floors, 1e-4) is None
+
+
+def test_shape() -> None:
+    assert hankel_shape(63) == (32, 32)
+    assert hankel_shape(1000) == (500, 501)
+    with pytest.raises(ValueError):
+        hankel_shape(10, rows=11)
