@@ -62,6 +62,10 @@ _CHANNEL_BUDGET = 1 << 23  # float64 words of per-chunk (C, 4N, 4N) work arrays
 _FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-eq. resolution)
 _STALL_ITERS = 8  # a channel stops when its squared error fell by less than
 _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
+_LSTSQ_BUDGET = 1 << 24  # float64 words of one explicit (C, L, 2N) least-squares basis
+_LSTSQ_RCOND = 1e-13  # singular values below this (relative) are dropped
+_RESTART_EXTRA_RANKS = (2, 4, 8)  # extra ERA ranks tried for outlier channels
+_RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
 
 
 @dataclass
@@ -415,8 +419,9 @@ def _select_modes(
     return torch.gather(allp, 1, idx)
 
 
-def _era_poles(h: Tensor, order: int, seed: int) -> Tensor:
-    """Initial log-poles by Kung's method on the window h[:, :W].
+def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0) -> Tensor:
+    """Initial log-poles by Kung's method on the window h[:, :W] (realization rank 2N + extra;
+    the N modes of largest least-squares energy are kept).
 
     Args:
         h: (C, L) float64.
@@ -427,7 +432,7 @@ def _era_poles(h: Tensor, order: int, seed: int) -> Tensor:
     w = min(length, _ERA_WINDOW)
     hw = h[:, :w]  # (C, W)
     m, n = hankel_shape(w)
-    r = min(2 * order, m - 1, n)
+    r = min(2 * order + extra_rank, m - 1, n)
     if r < 1:
         return torch.log(_pad_poles(c, order, h.device))
     u, _, _, _ = hankel_svd(
@@ -539,16 +544,79 @@ def _fit_chunk(
 ) -> tuple[Tensor, Tensor]:
     """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N)."""
     length = h.shape[-1]
-    s = _era_poles(h, order, seed)  # (C, N)
     w = min(length, _REFINE_WINDOW)
-    s = _refine(h, s, w, refine_iters)  # (C, N)
+    s0 = _era_poles(h, order, seed)  # (C, N)
+    poles, res, err = _finish(h, _refine(h, s0, w, refine_iters), float32_poles)
+    if refine_iters > 0:
+        # The refinement is guided by normal equations, which can mislead it on ill-conditioned
+        # pole sets: the ERA start itself is a candidate too, scored directly.
+        poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32_poles))
+    # Channels far worse than the layer's median restart from ERA realizations of higher rank
+    # (more candidate modes to select from); each restart is kept where it scores better.
+    for extra in _RESTART_EXTRA_RANKS if refine_iters > 0 else ():
+        bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
+        if not bool(bad.any()):
+            break
+        idx = bad.nonzero()[:, 0]  # (Cb,)
+        hb = h[idx]  # (Cb, L)
+        sb = _refine(hb, _era_poles(hb, order, seed, extra_rank=extra), w, refine_iters)
+        merged = _keep_better((poles[idx], res[idx], err[idx]), _finish(hb, sb, float32_poles))
+        poles[idx], res[idx], err[idx] = merged
+    return poles, res
+
+
+def _finish(h: Tensor, s: Tensor, float32_poles: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Stable (optionally complex64-rounded) poles, their residues, and the direct error."""
     poles = _stabilize(torch.exp(s))  # (C, N)
     if float32_poles:
         # Round poles to complex64; the residues below are solved for the rounded poles.
         poles = poles.to(torch.complex64).to(torch.complex128)  # (C, N)
-    s = torch.log(poles)  # (C, N)
-    res, _ = _solve_residues(h, s, length)  # (C, N)
-    return poles, res
+    res = _final_residues(h, poles)  # (C, N)
+    return poles, res, _rel_l2_streamed(h, poles, res)
+
+
+def _keep_better(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor]
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Per channel, the (poles, residues, error) with the lower error."""
+    take = b[2] < a[2]  # (C,)
+    return (torch.where(take[:, None], b[0], a[0]), torch.where(take[:, None], b[1], a[1]),
+            torch.where(take, b[2], a[2]))
+
+
+def _final_residues(h: Tensor, poles: Tensor) -> Tensor:
+    """Residues for fixed poles over all of L, by a truncated-SVD least squares on the explicit
+    [Re p^t, -Im p^t] basis (conditioning cond(A), not cond(A)^2 as the normal equations) when
+    it fits in memory; by the closed-form normal equations otherwise.
+
+    Args:
+        h: (C, L) float64; poles: (C, N) complex128.
+    Returns:
+        (C, N) complex128 residues.
+    """
+    c, length = h.shape
+    n = poles.shape[1]
+    per_channel = length * 2 * n
+    if per_channel > _LSTSQ_BUDGET:
+        return _solve_residues(h, torch.log(poles), length)[0]
+    out = torch.empty_like(poles)  # (C, N)
+    t = torch.arange(length, dtype=torch.float64, device=h.device)  # (L,)
+    step = max(1, _LSTSQ_BUDGET // per_channel)
+    for start in range(0, c, step):
+        p = poles[start : start + step]  # (Cc, N)
+        v = torch.exp(torch.log(p)[..., None] * t)  # (Cc, N, L)
+        a = torch.cat([v.real, -v.imag], dim=1).transpose(1, 2)  # (Cc, L, 2N)
+        norm = torch.linalg.vector_norm(a, dim=1)  # (Cc, 2N)
+        live = norm > 1e-12 * norm.amax(-1, keepdim=True)  # (Cc, 2N): -Im p^t = 0 for real p
+        scale = torch.where(live, norm, 1.0)  # (Cc, 2N)
+        a = torch.where(live[:, None, :], a / scale[:, None, :], 0.0)  # (Cc, L, 2N)
+        u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+        keep = sv > _LSTSQ_RCOND * sv[:, :1]  # (Cc, 2N)
+        inv = torch.where(keep, 1.0 / torch.where(keep, sv, 1.0), 0.0)  # (Cc, 2N)
+        coef = (u.transpose(1, 2) @ h[start : start + step, :, None])[..., 0] * inv  # (Cc, 2N)
+        x = (vh.transpose(1, 2) @ coef[..., None])[..., 0] / scale  # (Cc, 2N)
+        x = torch.where(live, x, 0.0)  # (Cc, 2N)
+        out[start : start + step] = torch.complex(x[:, :n], x[:, n:])
+    return out
 
 
 def fit_modal(

@@ -118,32 +118,36 @@ def test_modal_recovered_at_own_order(write_ckpt, tmp_path: Path) -> None:
         assert row["rel_l2"]["max"] < 1e-5  # float32 storage of the parameters is the floor
 
 
-def test_sharded_in_sharded_out(write_ckpt, tmp_path: Path) -> None:
-    index = write_ckpt("hyenadna", name="sharded", shards=3)
-    result = lcd("distill", index, "--order", "16")
+def test_sharded_in_sharded_out(write_ckpt) -> None:
+    index = write_ckpt("stripedhyena", name="sharded", shards=3)
+    result = lcd("distill", index, "--order", "4", "-L", "96")
     assert result.exit_code == 0, result.output
     out = index.parent.with_name("sharded-lcd")
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in index.parent.iterdir())
     ckpt = open_checkpoint(out)
-    assert ckpt.sharded and "hyena.backbone.layers.1.mixer.filter_fn.ssm.poles" in ckpt
+    assert ckpt.sharded and "backbone.blocks.2.filter.ssm.poles" in ckpt
+    assert "backbone.blocks.2.filter.poles" not in ckpt
     doc = json.loads((out / "model.safetensors.index.json").read_text())
     assert doc["metadata"]["total_size"] == sum(i.nbytes for i in ckpt.tensors.values())
-    verify = lcd("verify", out, "--reference", index)
+    assert set(doc["weight_map"]) == set(ckpt.keys())
+    verify = lcd("verify", out, "--reference", index, "--tol", "1e-4")
     assert verify.exit_code == 0, verify.output
 
 
 def test_tol_mode_and_verify(write_ckpt) -> None:
     src = write_ckpt("hyenadna")
-    result = lcd("distill", src, "--tol", "1e-3", "--max-order", "24")
+    result = lcd("distill", src, "--tol", "5e-2", "--max-order", "32")
     assert result.exit_code == 0, result.output
     report = yaml.safe_load(src.with_name("model.lcd.report.yaml").read_text())
-    assert report["tolerance"] == 1e-3
+    assert report["tolerance"] == 5e-2
+    orders = [row["order"] for row in report["layers"]]
     for row in report["layers"]:
-        assert row["rel_l2"]["max"] <= 1e-3 or row["order"] == 24
+        assert row["rel_l2"]["max"] <= 5e-2
+    assert min(orders) < 32  # the search stopped below the cap
     verify = lcd("verify", src.with_name("model.lcd.safetensors"), "--reference", src, "--json")
     assert verify.exit_code == 0, verify.output
     doc = json.loads(verify.stdout)
-    assert doc["passed"] and doc["tol"] == 1e-3 and len(doc["layers"]) == 2
+    assert doc["passed"] and doc["tol"] == 5e-2 and len(doc["layers"]) == 2
 
 
 def test_verify_fails_on_tampered_pole(write_ckpt, tmp_path: Path) -> None:
