@@ -14,7 +14,7 @@ from typing import Any
 
 from lcd_cli.checkpoint import Checkpoint
 from lcd_cli.layers import layer_summary, materialize, select_configs
-from lcd_cli.metrics import sample_channels
+from lcd_cli.metrics import DENSE_HANKEL_BUDGET, sample_channels
 
 FLOOR_ORDERS = (8, 16, 32, 64)
 TOLERANCES = (1e-2, 1e-3)
@@ -23,16 +23,15 @@ TOLERANCES = (1e-2, 1e-3)
 def compressibility(h: Any, *, channels: int = 16, max_order: int = 128) -> dict[str, Any]:
     """Floors at FLOOR_ORDERS (median over sampled channels) and the order needed for each
     tolerance (the smallest N whose floor is below it for every sampled channel)."""
-    from lcd_cli.hankel import eckart_young_floor, hankel_singular_values
+    from lcd_cli.hankel import hankel_floor, hankel_shape
 
     idx = sample_channels(h.shape[0], channels)
     sub = h[idx]  # (S, L)
-    length = sub.shape[1]
-    rows = (length + 1) // 2
-    top = max(1, min(max_order, (length - rows + 1) // 2, rows // 2))
-    spec = hankel_singular_values(sub, min(2 * top, rows, length - rows + 1))
+    rows, cols = hankel_shape(sub.shape[1])
+    top = max(1, min(max_order, (min(rows, cols) - 1) // 2))
     orders = list(range(1, top + 1))
-    floors = eckart_young_floor(spec, (sub**2).sum(-1), orders).values  # (S, top)
+    bound = hankel_floor(sub, orders, max_dense=DENSE_HANKEL_BUDGET)
+    floors = bound.values  # (S, top)
     worst = floors.amax(0)  # (top,)
     order_for = {}
     for tol in TOLERANCES:
@@ -40,8 +39,7 @@ def compressibility(h: Any, *, channels: int = 16, max_order: int = 128) -> dict
         order_for[f"{tol:g}"] = int(orders[int(hit[0])]) if hit.numel() else None
     return {
         "channels_sampled": int(idx.numel()),
-        "hankel_rows": int(spec.rows),
-        "svd": "exact" if spec.exact else "randomized (floors are estimates)",
+        "svd": "exact" if bound.rigorous else "randomized (floors are estimates)",
         "floor_median": {str(n): float(floors[:, n - 1].median()) if n <= top else None
                          for n in FLOOR_ORDERS},
         "order_for": order_for,

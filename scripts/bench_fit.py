@@ -7,8 +7,9 @@ Prints a Markdown table to stdout; --json PATH writes the raw numbers.
 
     python scripts/bench_fit.py --channels 16 --length 4096 --orders 8 16 32 64
 
-Kernel sets come from `kernel_sets(length, channels, seed)`; kernels taken from real
-checkpoints can be added in `checkpoint_kernel_sets` below.
+Kernel sets come from `kernel_sets(length, channels, seed)`: synthetic sets (damped modes plus
+noise, a chirp, Hyena-like, random smooth) and kernels materialized from lcd's example
+checkpoints of each family (`checkpoint_kernel_sets`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +35,11 @@ from lcd_cli.baselines import (
     fit_modal_adam,
     fit_real_pole_bank,
 )
+from lcd_cli.checkpoint import open_checkpoint
+from lcd_cli.examples import make_example, write_example
 from lcd_cli.fit import FitResult, fit_modal
 from lcd_cli.hankel import hankel_floor
+from lcd_cli.layers import materialize, select_configs
 
 # ----------------------------------------------------------------------------- kernel sets
 
@@ -106,12 +111,19 @@ def _random_smooth(length: int, channels: int, gen: torch.Generator) -> Tensor:
 
 
 def checkpoint_kernel_sets(length: int, channels: int, seed: int) -> dict[str, Tensor]:
-    """Kernels materialized from the example checkpoints (to be added by the lead).
-
-    Return {name: (C, L) float64}; e.g. the first `channels` channels of a HyenaDNA layer's
-    implicit filter, truncated or evaluated to `length`.
-    """
-    return {}
+    """Kernels materialized from lcd's example checkpoints (real key layouts and upstream math):
+    layer 0 of each family, `channels` channels, length `length`."""
+    sizes = {"hyenadna": {"d_model": channels, "n_layers": 1, "l_max": length},
+             "stripedhyena": {"d_model": channels, "n_blocks": 1},
+             "long-conv": {"d_model": channels, "n_layers": 1, "length": length}}
+    out: dict[str, Tensor] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw in sizes.items():
+            path = write_example(make_example(name, seed=seed, **kw), Path(tmp) / f"{name}.safetensors")[0]
+            with open_checkpoint(path) as ckpt:
+                (_, layers), = select_configs(ckpt, options={"length": length})
+                out[f"example:{name}"] = materialize(ckpt, layers[0])[0]
+    return out
 
 
 def kernel_sets(length: int, channels: int, seed: int) -> dict[str, Tensor]:

@@ -84,7 +84,7 @@ def test_distill_writes_what_it_reports(write_ckpt, tmp_path: Path, name: str) -
     report = yaml.safe_load(rep.read_text())
     original, written = load_file(str(src)), load_file(str(out))
     ckpt = open_checkpoint(src)
-    (cfg, layers), = select_configs(ckpt, options={"length": SHAPE[name][1]})
+    (_, layers), = select_configs(ckpt, options={"length": SHAPE[name][1]})
     removed = {k for la in layers for k in la.generator_keys}
     for key, value in original.items():  # everything else is bit-identical
         if key not in removed:
