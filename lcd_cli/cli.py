@@ -162,7 +162,9 @@ def inspect(
     err.print(table)
     if analysis:
         err.print("N@eps: smallest order whose lower bound is <= eps on every sampled channel; "
-                  "floor@N: median lower bound on the relative l2 error at order N. "
+                  "floor@N: median lower bound on the relative l2 error at order N. These are "
+                  "lower bounds: they ignore stability (|p| < 1), which costs most on kernels "
+                  "that do not decay within L, so a stable fit can need a higher order. "
                   + "; ".join(sorted(notes)), highlight=False)
 
 

@@ -18,9 +18,12 @@ Method:
    SVD with FFT products for long windows), shift invariance U[1:] ~ U[:-1] A, poles = eig(A).
    The real rank is 2N because the output is Re(...): a conjugate pair collapses into one
    complex mode (doubled residue), a real pole uses one mode. Poles outside the unit disk are
-   reflected (p -> 1/conj p) and radii clamped to [_R_MIN, _R_MAX]. With more than N candidate
-   modes (real poles), the N of largest least-squares energy are kept; with fewer (short
-   windows), distinct padding poles fill the rest.
+   pulled radially onto it (radius _R_MAX, angle kept): on a finite window, slightly growing
+   modes are what the unconstrained fit prefers for non-decaying kernels, and the nearest
+   stable mode is the clamped one, not the reflection 1/conj p, which decays fast. With more
+   than N candidate modes (real poles), the N of largest least-squares energy are kept; with
+   fewer (short windows), distinct padding poles fill the rest. Channels whose final error is
+   far above the layer median restart from reflected poles and from higher-rank realizations.
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
    L x N matrix is formed; the right-hand sides sum_t h[t] p^t are streamed in time chunks.
@@ -30,8 +33,10 @@ Method:
    geometric sums plus one streamed pass per trial. Per-channel damping; a step is accepted
    only where it lowers the error; poles stay inside the disk.
 4. Float32 safety: final poles are rounded to complex64 and the residues re-solved for the
-   rounded poles (over the full length L), so storing (poles, residues) as complex64 costs only
-   the residue rounding. The reported error is computed directly, not from the normal equations.
+   rounded poles over the full length L, with a Tikhonov term sized to the float32 unit roundoff
+   (`_final_residues`), so near-collinear poles cannot take huge cancelling residues that
+   rounding would destroy. The residues are then rounded too, and the error of exactly these
+   stored values is computed directly, not from the normal equations.
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ _FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-e
 _STALL_ITERS = 8  # a channel stops when its squared error fell by less than
 _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
 _LSTSQ_BUDGET = 1 << 24  # float64 words of one explicit (C, L, 2N) least-squares basis
-_LSTSQ_RCOND = 1e-13  # singular values below this (relative) are dropped
-_RESTART_EXTRA_RANKS = (2, 4, 8)  # extra ERA ranks tried for outlier channels
+_F32_LAMBDA = 2.0**-24  # residue regularization for float32 storage (unit roundoff)
+_F64_LAMBDA = 1e-13  # the same for float64 parameters (a numerical-rank cut-off)
+_RESTARTS = ((0, True), (2, False), (4, False), (8, False))  # outliers: (extra rank, reflect)
 _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
 
 
@@ -366,11 +372,12 @@ def _solve_residues(
 # ----------------------------------------------------------------------------- poles
 
 
-def _stabilize(p: Tensor) -> Tensor:
-    """Reflect |p| > 1 into the disk (p -> 1/conj p), clamp |p| to [_R_MIN, _R_MAX]."""
+def _stabilize(p: Tensor, reflect: bool = False) -> Tensor:
+    """Clamp |p| to [_R_MIN, _R_MAX], angle kept; with reflect, |p| > 1 first maps to 1/conj p."""
     r = p.abs()  # (...)
-    p = torch.where(r > 1.0, p / (r * r), p)  # (...)
-    r = p.abs()
+    if reflect:
+        p = torch.where(r > 1.0, p / (r * r), p)  # (...)
+        r = p.abs()
     ang = torch.where(r > 0, torch.angle(p), torch.zeros_like(r))  # (...)
     return torch.polar(r.clamp(_R_MIN, _R_MAX), ang)
 
@@ -382,7 +389,7 @@ def _pad_poles(c: int, count: int, device: torch.device) -> Tensor:
     return p.expand(c, count).clone()
 
 
-def _collapse_eigs(lam: Tensor) -> tuple[Tensor, Tensor]:
+def _collapse_eigs(lam: Tensor, reflect: bool = False) -> tuple[Tensor, Tensor]:
     """Eigenvalues of a real matrix -> candidate modes: one per conjugate pair, one per real.
 
     Args:
@@ -394,7 +401,7 @@ def _collapse_eigs(lam: Tensor) -> tuple[Tensor, Tensor]:
     is_real = lam.imag.abs() <= tol  # (C, K)
     valid = is_real | (lam.imag > tol)  # (C, K)
     lam = torch.where(is_real, torch.complex(lam.real, torch.zeros_like(lam.real)), lam)
-    return _stabilize(lam), valid
+    return _stabilize(lam, reflect), valid
 
 
 def _select_modes(
@@ -419,9 +426,10 @@ def _select_modes(
     return torch.gather(allp, 1, idx)
 
 
-def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0) -> Tensor:
+def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: bool = False
+               ) -> Tensor:
     """Initial log-poles by Kung's method on the window h[:, :W] (realization rank 2N + extra;
-    the N modes of largest least-squares energy are kept).
+    the N modes of largest least-squares energy are kept; unstable ones clamped or reflected).
 
     Args:
         h: (C, L) float64.
@@ -444,7 +452,7 @@ def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0) -> Tensor:
     u1t = u1.transpose(-1, -2)  # (C, r, m-1)
     a = torch.linalg.solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
     lam = torch.linalg.eigvals(a)  # (C, r)
-    cand, valid = _collapse_eigs(lam)  # (C, r)
+    cand, valid = _collapse_eigs(lam, reflect)  # (C, r)
     poles = _select_modes(hw, cand, valid, order, w)  # (C, order)
     return torch.log(poles)
 
@@ -540,38 +548,41 @@ def _channel_chunk(c: int, order: int) -> int:
 
 
 def _fit_chunk(
-    h: Tensor, order: int, seed: int, refine_iters: int, float32_poles: bool
+    h: Tensor, order: int, seed: int, refine_iters: int, float32: bool
 ) -> tuple[Tensor, Tensor]:
     """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N)."""
     length = h.shape[-1]
     w = min(length, _REFINE_WINDOW)
     s0 = _era_poles(h, order, seed)  # (C, N)
-    poles, res, err = _finish(h, _refine(h, s0, w, refine_iters), float32_poles)
+    poles, res, err = _finish(h, _refine(h, s0, w, refine_iters), float32)
     if refine_iters > 0:
         # The refinement is guided by normal equations, which can mislead it on ill-conditioned
         # pole sets: the ERA start itself is a candidate too, scored directly.
-        poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32_poles))
-    # Channels far worse than the layer's median restart from ERA realizations of higher rank
-    # (more candidate modes to select from); each restart is kept where it scores better.
-    for extra in _RESTART_EXTRA_RANKS if refine_iters > 0 else ():
+        poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32))
+    # Channels far worse than the layer's median restart from other ERA starts: unstable poles
+    # reflected instead of clamped, then realizations of higher rank (more candidate modes to
+    # select from); each restart is kept where it scores better.
+    for extra, reflect in _RESTARTS if refine_iters > 0 else ():
         bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
         if not bool(bad.any()):
             break
         idx = bad.nonzero()[:, 0]  # (Cb,)
         hb = h[idx]  # (Cb, L)
-        sb = _refine(hb, _era_poles(hb, order, seed, extra_rank=extra), w, refine_iters)
-        merged = _keep_better((poles[idx], res[idx], err[idx]), _finish(hb, sb, float32_poles))
+        sb = _refine(hb, _era_poles(hb, order, seed, extra, reflect), w, refine_iters)
+        merged = _keep_better((poles[idx], res[idx], err[idx]), _finish(hb, sb, float32))
         poles[idx], res[idx], err[idx] = merged
     return poles, res
 
 
-def _finish(h: Tensor, s: Tensor, float32_poles: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Stable (optionally complex64-rounded) poles, their residues, and the direct error."""
+def _finish(h: Tensor, s: Tensor, float32: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Stable poles, their residues and the direct error; with float32, the parameters are
+    rounded to complex64 (poles before the residue solve) and scored as rounded."""
     poles = _stabilize(torch.exp(s))  # (C, N)
-    if float32_poles:
-        # Round poles to complex64; the residues below are solved for the rounded poles.
+    if float32:
         poles = poles.to(torch.complex64).to(torch.complex128)  # (C, N)
-    res = _final_residues(h, poles)  # (C, N)
+    res = _final_residues(h, poles, _F32_LAMBDA if float32 else _F64_LAMBDA)  # (C, N)
+    if float32:
+        res = res.to(torch.complex64).to(torch.complex128)
     return poles, res, _rel_l2_streamed(h, poles, res)
 
 
@@ -583,13 +594,18 @@ def _keep_better(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tens
             torch.where(take, b[2], a[2]))
 
 
-def _final_residues(h: Tensor, poles: Tensor) -> Tensor:
-    """Residues for fixed poles over all of L, by a truncated-SVD least squares on the explicit
-    [Re p^t, -Im p^t] basis (conditioning cond(A), not cond(A)^2 as the normal equations) when
-    it fits in memory; by the closed-form normal equations otherwise.
+def _final_residues(h: Tensor, poles: Tensor, lam: float) -> Tensor:
+    """Residues for fixed poles over all of L that stay accurate after rounding.
+
+    Minimizes ||h - A x||^2 + lam^2 ||S x||^2 over the explicit real basis A = [Re p^t, -Im p^t]
+    (L, 2N), S = diag(column norms). Rounding each stored coefficient to relative precision u
+    adds an output error of about u ||S x|| (columns unit-normalized), so lam = u trades fit
+    error against rounding error instead of letting near-collinear poles take huge cancelling
+    residues. Solved by SVD filter factors s / (s^2 + lam^2) (conditioning cond(A), not
+    cond(A)^2) when the basis fits in memory; by the closed-form normal equations otherwise.
 
     Args:
-        h: (C, L) float64; poles: (C, N) complex128.
+        h: (C, L) float64; poles: (C, N) complex128; lam: regularization (relative precision).
     Returns:
         (C, N) complex128 residues.
     """
@@ -610,9 +626,8 @@ def _final_residues(h: Tensor, poles: Tensor) -> Tensor:
         scale = torch.where(live, norm, 1.0)  # (Cc, 2N)
         a = torch.where(live[:, None, :], a / scale[:, None, :], 0.0)  # (Cc, L, 2N)
         u, sv, vh = torch.linalg.svd(a, full_matrices=False)
-        keep = sv > _LSTSQ_RCOND * sv[:, :1]  # (Cc, 2N)
-        inv = torch.where(keep, 1.0 / torch.where(keep, sv, 1.0), 0.0)  # (Cc, 2N)
-        coef = (u.transpose(1, 2) @ h[start : start + step, :, None])[..., 0] * inv  # (Cc, 2N)
+        filt = sv / (sv * sv + lam * lam)  # (Cc, 2N) Tikhonov filter factors
+        coef = (u.transpose(1, 2) @ h[start : start + step, :, None])[..., 0] * filt  # (Cc, 2N)
         x = (vh.transpose(1, 2) @ coef[..., None])[..., 0] / scale  # (Cc, 2N)
         x = torch.where(live, x, 0.0)  # (Cc, 2N)
         out[start : start + step] = torch.complex(x[:, :n], x[:, n:])
@@ -627,7 +642,7 @@ def fit_modal(
     seed: int = 0,
     refine_iters: int = _REFINE_ITERS,
     progress: Callable[[int, int], None] | None = None,
-    float32_poles: bool = True,
+    float32: bool = True,
 ) -> FitResult:
     """Fit every channel of h with an `order`-mode modal kernel (ERA + variable-projection LM).
 
@@ -638,10 +653,11 @@ def fit_modal(
         seed: seed of the randomized Hankel SVD (results are deterministic per seed and device).
         refine_iters: Levenberg-Marquardt iterations (0 = ERA + least squares only).
         progress: called as progress(channels_done, channels_total) after each chunk.
-        float32_poles: round the poles to complex64 before the final residue solve, so that
-            storing the result as float32 pairs costs only the residue rounding (the default;
-            it limits the attainable error to ~1e-7..1e-6 relative for slowly decaying modes).
-            False keeps float64 poles (e.g. to check exact recovery to ~1e-10).
+        float32: return parameters that are exactly representable in complex64 (the stored
+            format) and scored as such: poles rounded before the residue solve, residues
+            regularized against rounding and then rounded (the default). This limits the
+            attainable error to ~1e-7..1e-6 relative for slowly decaying modes. False keeps
+            float64 parameters (e.g. to check exact recovery to ~1e-10).
     Returns:
         FitResult with poles/residues (C, N) complex128, rel_l2 (C,) of exactly these
         parameters (computed directly in float64), method "era+vp-lm".
@@ -659,7 +675,7 @@ def fit_modal(
     step = _channel_chunk(c, order)
     for start in range(0, c, step):
         hc = h[start : start + step]  # (Cc, L)
-        p, r = _fit_chunk(hc, order, seed, refine_iters, float32_poles)  # (Cc, N)
+        p, r = _fit_chunk(hc, order, seed, refine_iters, float32)  # (Cc, N)
         poles[start : start + step] = p.cpu()
         residues[start : start + step] = r.cpu()
         if progress is not None:

@@ -55,7 +55,7 @@ def _damped_oscillatory(channels: int, length: int, seed: int, modes: int = 12) 
 @pytest.mark.parametrize("extra", [0, 2], ids=lambda e: f"order+{e}")
 def test_exact_recovery(length: int, extra: int) -> None:
     h, order = _mixed_modal(4, length, seed=length + extra)
-    exact = fit_modal(h, order + extra, float32_poles=False)
+    exact = fit_modal(h, order + extra, float32=False)
     # Floor: normal-equation resolution, ~1e-9 relative.
     assert float(exact.rel_l2.max()) < 1e-7
     torch.testing.assert_close(
