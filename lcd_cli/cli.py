@@ -233,6 +233,12 @@ def distill(
                 f"  {s['name']}: N={s['order']} rel_l2 median {s['rel_l2']['median']:.2e} "
                 f"max {s['rel_l2']['max']:.2e} (floor {s['floor']:.2e}) {s['seconds']:.1f}s",
                 highlight=False)
+            if s.get("tol_met") is False:
+                progress.console.print(
+                    f"  warning: {s['name']} misses --tol {plan.tol:g} at --max-order "
+                    f"{plan.max_order} (worst channel {s['rel_l2']['max']:.2e}); the order-"
+                    f"{s['order']} fit is written. Raise --max-order, or check the outputs with "
+                    "lcd verify.", style="yellow", highlight=False)
             progress.advance(task)
 
         with progress:

@@ -173,6 +173,8 @@ def fit_layer(ckpt: Checkpoint, planned: PlannedLayer, plan: DistillPlan, *, dev
     stats |= {"name": planned.name, "family": planned.layer.config.name,
               "channels": planned.channels, "length": planned.length, "order": fit.order,
               "method": fit.method, "seconds": round(time.perf_counter() - start, 3)}
+    if plan.tol is not None:
+        stats["tol_met"] = bool(stats["rel_l2"]["max"] <= plan.tol)
     return LayerResult(planned.name, poles, residues, stats)
 
 

@@ -58,12 +58,13 @@ _S_RE_MIN = math.log(_R_MIN)
 _ERA_WINDOW = 8192  # samples used by the subspace step
 _REFINE_WINDOW = 65536  # samples used by the refinement (the final residues use all L)
 _EXACT_ROWS = 256  # dense Hankel SVD up to this many rows, randomized above
-_ERA_POWER_ITERS = 6  # randomized-SVD power iterations for the initial poles
+_ERA_POWER_ITERS = 2  # randomized-SVD power iterations for the initial poles (refined later)
 _REFINE_ITERS = 100
+_MU_DOWN = 3.0  # Levenberg-Marquardt damping divisor after an accepted step (x4 after a rejection)
 _RIDGE = 1e-12  # Tikhonov term on the unit-diagonal-scaled Gram matrix
 _SERIES_TERMS = 22  # Taylor terms of the geometric sums for |sigma L| <= 1
 _STREAM_BUDGET = 1 << 22  # complex elements of one (C, N, T) block of powers
-_CHANNEL_BUDGET = 1 << 23  # float64 words of per-chunk (C, 4N, 4N) work arrays
+_CHANNEL_BUDGET = 1 << 25  # float64 words of per-chunk (C, 4N, 4N) work arrays (256 MiB)
 _FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-eq. resolution)
 _STALL_ITERS = 8  # a channel stops when its squared error fell by less than
 _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
@@ -525,6 +526,14 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
         dg = dg + 1e-9 * dg.mean(-1, keepdim=True) + 1e-300  # (C, 2N)
         lhs = jtj + mu[:, None, None] * torch.diag_embed(dg)  # (C, 2N, 2N)
         step = torch.linalg.solve(lhs, st["grad"][..., None])[..., 0]  # (C, 2N)
+        # Poles on the radius cap whose step points outward would be clamped back, wasting the
+        # step: hold their radius fixed and re-solve for the rest (projected LM, active set).
+        held = (s.real >= _S_RE_MAX - 1e-12) & (step[:, :n] > 0)  # (C, N)
+        if bool(held.any()):
+            fix = torch.cat([held, torch.zeros_like(held)], dim=1)  # (C, 2N)
+            keep = (~fix).to(lhs.dtype)  # (C, 2N)
+            lhs = lhs * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(fix.to(lhs.dtype))
+            step = torch.linalg.solve(lhs, (st["grad"] * keep)[..., None])[..., 0]  # (C, 2N)
         step = torch.nan_to_num(step).clamp(-1.0, 1.0)  # trust cap on log-pole moves
         s_try = _clamp_log(s + torch.complex(step[:, :n], step[:, n:]))  # (C, N)
         s_try = torch.where(active[:, None], s_try, s)
@@ -534,7 +543,7 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
         for key in st:
             sel = better.view(-1, *([1] * (st[key].ndim - 1)))
             st[key] = torch.where(sel, st_try[key], st[key])
-        mu = torch.where(better, mu / 3.0, torch.where(active, mu * 4.0, mu))
+        mu = torch.where(better, mu / _MU_DOWN, torch.where(active, mu * 4.0, mu))
         f_hist.append(st["f"])
     return s
 
@@ -543,8 +552,12 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
 
 
 def _channel_chunk(c: int, order: int) -> int:
+    """Channels per chunk: within _CHANNEL_BUDGET, and balanced (no small remainder chunk,
+    which would cost a full set of iterations for a few channels)."""
     per = 8 * (4 * order) ** 2 + 64 * order  # words of work arrays per channel
-    return int(max(1, min(c, _CHANNEL_BUDGET // per)))
+    most = int(max(1, min(c, _CHANNEL_BUDGET // per)))
+    chunks = -(-c // most)
+    return -(-c // chunks)
 
 
 def _fit_chunk(
@@ -561,7 +574,8 @@ def _fit_chunk(
         poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32))
     # Channels far worse than the layer's median restart from other ERA starts: unstable poles
     # reflected instead of clamped, then realizations of higher rank (more candidate modes to
-    # select from); each restart is kept where it scores better.
+    # select from); each restart is kept where it scores better, and only channels still far
+    # off go on to the next.
     for extra, reflect in _RESTARTS if refine_iters > 0 else ():
         bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
         if not bool(bad.any()):

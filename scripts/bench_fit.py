@@ -193,12 +193,18 @@ def run(args: argparse.Namespace) -> dict:
                     "median": float(res.rel_l2.median()),
                     "worst": float(res.rel_l2.max()),
                     "sec_per_channel": dt / channels,
+                    "per_channel": [float(e) for e in res.rel_l2],
                 }
                 print(
                     f"[{name} N={order}] {mname}: median {row[mname]['median']:.3e} "
                     f"worst {row[mname]['worst']:.3e} {dt / channels:.3f} s/ch",
                     file=sys.stderr,
                 )
+            if "adam" in row and "lcd" in row:
+                # Adam may run on the first K channels only: lcd on those same channels.
+                same = torch.tensor(row["lcd"]["per_channel"][: len(row["adam"]["per_channel"])])
+                row["lcd (adam ch.)"] = {"median": float(same.median()), "worst": float(same.max()),
+                                         "sec_per_channel": row["lcd"]["sec_per_channel"]}
             per_set["orders"][str(order)] = row
         results["sets"][name] = per_set
     return results
@@ -206,7 +212,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(results: dict, methods: list[str]) -> str:
     lines = []
-    head = ["set", "N", "floor", *methods]
+    adam_cols = any("lcd (adam ch.)" in row for per_set in results["sets"].values()
+                    for row in per_set["orders"].values())
+    head = ["set", "N", "floor", *methods] + (["lcd on Adam's channels"] if adam_cols else [])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for name, per_set in results["sets"].items():
@@ -215,6 +223,9 @@ def markdown(results: dict, methods: list[str]) -> str:
             cells = [name, order, f"{row['floor']['median']:.2e} / {row['floor']['worst']:.2e}{tag}"]
             for mname in methods:
                 cells.append(f"{row[mname]['median']:.2e} / {row[mname]['worst']:.2e}")
+            if "lcd (adam ch.)" in row:
+                cells.append(f"{row['lcd (adam ch.)']['median']:.2e} / "
+                             f"{row['lcd (adam ch.)']['worst']:.2e}")
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
@@ -222,12 +233,15 @@ def markdown(results: dict, methods: list[str]) -> str:
         "(max over Hankel shapes, dense SVDs; (est.) = randomized estimate)."
     )
     lines.append("")
-    head = ["set", "N"] + [f"{m} s/ch" for m in methods]
+    head = ["set", "N"] + [f"{m} s/ch" for m in methods] + (["adam / lcd"] if adam_cols else [])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for name, per_set in results["sets"].items():
         for order, row in per_set["orders"].items():
             cells = [name, order] + [f"{row[m]['sec_per_channel']:.4f}" for m in methods]
+            if adam_cols and "adam" in row:
+                ratio = row["adam"]["sec_per_channel"] / row["lcd"]["sec_per_channel"]
+                cells.append(f"{ratio:.0f}x")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -9,5 +9,5 @@ mkdir -p "$OUT"
 set -x
 "$PY" -m lcd_cli example hyenadna -o "$OUT/hyenadna.safetensors" --force
 "$PY" -m lcd_cli inspect "$OUT/hyenadna.safetensors"
-"$PY" -m lcd_cli distill "$OUT/hyenadna.safetensors" --tol 1e-1 --max-order 32 --force
+"$PY" -m lcd_cli distill "$OUT/hyenadna.safetensors" --tol 5e-2 --max-order 32 --force
 "$PY" -m lcd_cli verify "$OUT/hyenadna.lcd.safetensors" --reference "$OUT/hyenadna.safetensors"

@@ -142,12 +142,22 @@ def test_tol_mode_and_verify(write_ckpt) -> None:
     assert report["tolerance"] == 5e-2
     orders = [row["order"] for row in report["layers"]]
     for row in report["layers"]:
-        assert row["rel_l2"]["max"] <= 5e-2
+        assert row["rel_l2"]["max"] <= 5e-2 and row["tol_met"] is True
+    assert "warning" not in result.output
     assert min(orders) < 32  # the search stopped below the cap
     verify = lcd("verify", src.with_name("model.lcd.safetensors"), "--reference", src, "--json")
     assert verify.exit_code == 0, verify.output
     doc = json.loads(verify.stdout)
     assert doc["passed"] and doc["tol"] == 5e-2 and len(doc["layers"]) == 2
+
+
+def test_tol_mode_warns_when_max_order_is_too_small(write_ckpt) -> None:
+    src = write_ckpt("hyenadna")
+    result = lcd("distill", src, "--tol", "1e-9", "--max-order", "2")
+    assert result.exit_code == 0, result.output
+    report = yaml.safe_load(src.with_name("model.lcd.report.yaml").read_text())
+    assert all(row["tol_met"] is False and row["order"] == 2 for row in report["layers"])
+    assert "misses --tol 1e-09 at --max-order 2" in " ".join(result.output.split())
 
 
 def test_verify_fails_on_tampered_pole(write_ckpt, tmp_path: Path) -> None:
