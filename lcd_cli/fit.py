@@ -71,7 +71,8 @@ _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
 _LSTSQ_BUDGET = 1 << 24  # float64 words of one explicit (C, L, 2N) least-squares basis
 _F32_LAMBDA = 2.0**-24  # residue regularization for float32 storage (unit roundoff)
 _F64_LAMBDA = 1e-13  # the same for float64 parameters (a numerical-rank cut-off)
-_RESTARTS = ((0, True), (2, False), (4, False), (8, False))  # outliers: (extra rank, reflect)
+# Outlier restarts, in order: (extra ERA rank, reflect unstable poles, add second-half modes).
+_RESTARTS = ((0, False, True), (0, True, False), (2, False, False), (4, False, True))
 _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
 
 
@@ -427,10 +428,27 @@ def _select_modes(
     return torch.gather(allp, 1, idx)
 
 
-def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: bool = False
-               ) -> Tensor:
+def _kung_candidates(hw: Tensor, rank: int, seed: int, reflect: bool) -> tuple[Tensor, Tensor]:
+    """Candidate modes of Kung's method on one window: (C, r) poles and validity (r <= rank)."""
+    m, n = hankel_shape(hw.shape[1])
+    r = min(rank, m - 1, n)
+    u, _, _, _ = hankel_svd(
+        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS
+    )  # (C, m, r)
+    if u is None:  # pragma: no cover - hankel_svd returns vectors when asked
+        raise RuntimeError("hankel_svd returned no singular vectors")
+    u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
+    u1t = u1.transpose(-1, -2)  # (C, r, m-1)
+    a = torch.linalg.solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
+    return _collapse_eigs(torch.linalg.eigvals(a), reflect)  # (C, r) each
+
+
+def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: bool = False,
+               tail: bool = False) -> Tensor:
     """Initial log-poles by Kung's method on the window h[:, :W] (realization rank 2N + extra;
     the N modes of largest least-squares energy are kept; unstable ones clamped or reflected).
+    With tail, the modes of the window's second half are candidates too: they see the slow part
+    of the kernel that the fast, large early part otherwise hides.
 
     Args:
         h: (C, L) float64.
@@ -441,19 +459,13 @@ def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: b
     w = min(length, _ERA_WINDOW)
     hw = h[:, :w]  # (C, W)
     m, n = hankel_shape(w)
-    r = min(2 * order + extra_rank, m - 1, n)
-    if r < 1:
+    if min(2 * order + extra_rank, m - 1, n) < 1:
         return torch.log(_pad_poles(c, order, h.device))
-    u, _, _, _ = hankel_svd(
-        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS
-    )  # (C, m, r)
-    if u is None:  # pragma: no cover - hankel_svd returns vectors when asked
-        raise RuntimeError("hankel_svd returned no singular vectors")
-    u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
-    u1t = u1.transpose(-1, -2)  # (C, r, m-1)
-    a = torch.linalg.solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
-    lam = torch.linalg.eigvals(a)  # (C, r)
-    cand, valid = _collapse_eigs(lam, reflect)  # (C, r)
+    cand, valid = _kung_candidates(hw, 2 * order + extra_rank, seed, reflect)  # (C, r)
+    if tail and w // 2 >= 4:
+        # Shifting the window rescales residues only: its poles are poles of hw as well.
+        ct, vt = _kung_candidates(hw[:, w // 2 :], 2 * order, seed, reflect)  # (C, r')
+        cand, valid = torch.cat([cand, ct], 1), torch.cat([valid, vt], 1)  # (C, r + r')
     poles = _select_modes(hw, cand, valid, order, w)  # (C, order)
     return torch.log(poles)
 
@@ -576,13 +588,13 @@ def _fit_chunk(
     # reflected instead of clamped, then realizations of higher rank (more candidate modes to
     # select from); each restart is kept where it scores better, and only channels still far
     # off go on to the next.
-    for extra, reflect in _RESTARTS if refine_iters > 0 else ():
+    for extra, reflect, tail in _RESTARTS if refine_iters > 0 else ():
         bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
         if not bool(bad.any()):
             break
         idx = bad.nonzero()[:, 0]  # (Cb,)
         hb = h[idx]  # (Cb, L)
-        sb = _refine(hb, _era_poles(hb, order, seed, extra, reflect), w, refine_iters)
+        sb = _refine(hb, _era_poles(hb, order, seed, extra, reflect, tail), w, refine_iters)
         merged = _keep_better((poles[idx], res[idx], err[idx]), _finish(hb, sb, float32))
         poles[idx], res[idx], err[idx] = merged
     return poles, res
