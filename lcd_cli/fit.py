@@ -23,7 +23,8 @@ Method:
    stable mode is the clamped one, not the reflection 1/conj p, which decays fast. With more
    than N candidate modes (real poles), the N of largest least-squares energy are kept; with
    fewer (short windows), distinct padding poles fill the rest. Channels whose final error is
-   far above the layer median restart from reflected poles and from higher-rank realizations.
+   far above the layer median restart from other starts (candidates from the window's second
+   half, which expose slow tails; reflected poles; higher-rank realizations).
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
    L x N matrix is formed; the right-hand sides sum_t h[t] p^t are streamed in time chunks.
@@ -584,10 +585,9 @@ def _fit_chunk(
         # The refinement is guided by normal equations, which can mislead it on ill-conditioned
         # pole sets: the ERA start itself is a candidate too, scored directly.
         poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32))
-    # Channels far worse than the layer's median restart from other ERA starts: unstable poles
-    # reflected instead of clamped, then realizations of higher rank (more candidate modes to
-    # select from); each restart is kept where it scores better, and only channels still far
-    # off go on to the next.
+    # Channels far worse than the layer's median restart from other ERA starts (_RESTARTS):
+    # second-half candidates, reflected instead of clamped poles, realizations of higher rank;
+    # each restart is kept where it scores better, and only channels still far off go on.
     for extra, reflect, tail in _RESTARTS if refine_iters > 0 else ():
         bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
         if not bool(bad.any()):
