@@ -324,6 +324,25 @@ def _rep2(x: Tensor) -> Tensor:
     return x.repeat(1, 2, 2)
 
 
+def _solve(a: Tensor, b: Tensor) -> Tensor:
+    """Batched solve of a X = b that never raises on a singular batch element: LU first; the
+    elements whose factorization failed fall back to the pseudo-inverse (minimum-norm least
+    squares). Rounding can make a PD-by-construction matrix (e.g. duplicate candidate modes
+    plus a tiny ridge) exactly singular for LU on some thread counts.
+
+    Args:
+        a: (C, K, K); b: (C, K, M).
+    Returns:
+        (C, K, M).
+    """
+    x, info = torch.linalg.solve_ex(a, b)  # (C, K, M), (C,)
+    bad = (info != 0) | ~torch.isfinite(x).all(dim=(-2, -1))  # (C,)
+    if bool(bad.any()):
+        x = x.clone()
+        x[bad] = torch.linalg.pinv(a[bad]) @ b[bad]
+    return x
+
+
 def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
     """Solve (G + ridge) X = B after unit-diagonal scaling; masked unknowns get 0.
 
@@ -344,7 +363,7 @@ def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
     gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K), unit diagonal where ok
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)  # (K, K)
     gs = gs + eye * torch.where(ok, _RIDGE, 1.0)[:, None, :]  # (C, K, K)
-    x = torch.linalg.solve(gs, rhs * inv[:, :, None]) * inv[:, :, None]  # (C, K, M)
+    x = _solve(gs, rhs * inv[:, :, None]) * inv[:, :, None]  # (C, K, M)
     return x[..., 0] if vec else x
 
 
@@ -440,7 +459,7 @@ def _kung_candidates(hw: Tensor, rank: int, seed: int, reflect: bool) -> tuple[T
         raise RuntimeError("hankel_svd returned no singular vectors")
     u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
     u1t = u1.transpose(-1, -2)  # (C, r, m-1)
-    a = torch.linalg.solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
+    a = _solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
     return _collapse_eigs(torch.linalg.eigvals(a), reflect)  # (C, r) each
 
 
@@ -466,6 +485,8 @@ def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: b
     if tail and w // 2 >= 4:
         # Shifting the window rescales residues only: its poles are poles of hw as well.
         ct, vt = _kung_candidates(hw[:, w // 2 :], 2 * order, seed, reflect)  # (C, r')
+        gap = (ct[:, :, None] - cand[:, None, :]).abs().amin(-1)  # (C, r') to the nearest main
+        vt = vt & (gap > 1e-6)  # duplicates add nothing but a singular Gram matrix
         cand, valid = torch.cat([cand, ct], 1), torch.cat([valid, vt], 1)  # (C, r + r')
     poles = _select_modes(hw, cand, valid, order, w)  # (C, order)
     return torch.log(poles)
@@ -538,7 +559,7 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
         dg = torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(0.0)  # (C, 2N)
         dg = dg + 1e-9 * dg.mean(-1, keepdim=True) + 1e-300  # (C, 2N)
         lhs = jtj + mu[:, None, None] * torch.diag_embed(dg)  # (C, 2N, 2N)
-        step = torch.linalg.solve(lhs, st["grad"][..., None])[..., 0]  # (C, 2N)
+        step = _solve(lhs, st["grad"][..., None])[..., 0]  # (C, 2N)
         # Poles on the radius cap whose step points outward would be clamped back, wasting the
         # step: hold their radius fixed and re-solve for the rest (projected LM, active set).
         held = (s.real >= _S_RE_MAX - 1e-12) & (step[:, :n] > 0)  # (C, N)
@@ -546,7 +567,7 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
             fix = torch.cat([held, torch.zeros_like(held)], dim=1)  # (C, 2N)
             keep = (~fix).to(lhs.dtype)  # (C, 2N)
             lhs = lhs * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(fix.to(lhs.dtype))
-            step = torch.linalg.solve(lhs, (st["grad"] * keep)[..., None])[..., 0]  # (C, 2N)
+            step = _solve(lhs, (st["grad"] * keep)[..., None])[..., 0]  # (C, 2N)
         step = torch.nan_to_num(step).clamp(-1.0, 1.0)  # trust cap on log-pole moves
         s_try = _clamp_log(s + torch.complex(step[:, :n], step[:, n:]))  # (C, N)
         s_try = torch.where(active[:, None], s_try, s)

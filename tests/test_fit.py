@@ -170,3 +170,20 @@ def test_cuda_matches_cpu() -> None:
     assert gpu.poles.device.type == "cpu"
     # Same method, different kernels/reductions: errors agree closely, not bitwise.
     torch.testing.assert_close(gpu.rel_l2, cpu.rel_l2, rtol=2e-2, atol=1e-6)
+
+
+def test_batched_solve_survives_a_singular_element() -> None:
+    from lcd_cli.fit import _solve
+
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    good = m @ m.T + 5 * torch.eye(5, dtype=torch.float64)  # (5, 5) well conditioned
+    v = torch.randn(5, 1, generator=g, dtype=torch.float64)
+    singular = v @ v.T  # (5, 5) rank one: LU fails or is meaningless
+    a = torch.stack([good, singular])  # (2, 5, 5)
+    b = torch.randn(2, 5, 1, generator=g, dtype=torch.float64)  # (2, 5, 1)
+    x = _solve(a, b)
+    torch.testing.assert_close(x[0], torch.linalg.solve(good, b[0]), rtol=1e-10, atol=0)
+    assert bool(torch.isfinite(x[1]).all())
+    # The fallback is the minimum-norm least-squares solution.
+    torch.testing.assert_close(x[1], torch.linalg.pinv(singular) @ b[1], rtol=1e-8, atol=1e-10)
