@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
+from lcd_cli.hankel import fft_size
 from lcd_cli.modal import from_pairs as _pairs_to_complex
 from lcd_cli.modal import modal_kernel, to_pairs
 
@@ -416,22 +417,6 @@ def direct_conv(u: Tensor, h: Tensor, D: Tensor | None = None) -> Tensor:
     return y
 
 
-def _fft_size(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n (fast sizes for pocketfft / cuFFT)."""
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            size = p35
-            while size < n:
-                size *= 2
-            best = min(best, size)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
 def fft_conv(u: Tensor, h: Tensor, D: Tensor | None = None) -> Tensor:
     """Fast causal convolution: u (B, C, T), h (C, L), D (C,) -> y (B, C, T).
 
@@ -449,7 +434,7 @@ def fft_conv(u: Tensor, h: Tensor, D: Tensor | None = None) -> Tensor:
     if length == 0 or h.shape[-1] == 0:
         y = torch.zeros_like(u)  # (B, C, T)
     else:
-        n = _fft_size(length + h.shape[-1] - 1)
+        n = fft_size(length + h.shape[-1] - 1)
         spec = torch.fft.rfft(u, n=n) * torch.fft.rfft(h, n=n)  # (B, C, n // 2 + 1)
         y = torch.fft.irfft(spec, n=n)[..., :length]  # (B, C, T)
     if D is not None:
