@@ -22,6 +22,21 @@ _CHUNK = 8192
 _INNER = 128
 
 
+def pole_powers(poles: Tensor, exponents: Tensor) -> Tensor:
+    """p^e = exp(e log p) for every pole and exponent, in the poles' precision.
+
+    Args:
+        poles: (C, N) complex.
+        exponents: (E,) non-negative integers (any real dtype).
+    Returns:
+        (C, N, E) complex, 0^0 = 1 and 0^e = 0 (exp(0 * log 0) would be NaN).
+    """
+    real_dtype = torch.float64 if poles.dtype == torch.complex128 else torch.float32
+    e = exponents.to(device=poles.device, dtype=real_dtype)  # (E,)
+    out = torch.exp(torch.log(poles)[..., None] * e)  # (C, N, E); NaN where p = 0, fixed below
+    return torch.where((poles == 0)[..., None], (e == 0).to(out.dtype), out)  # (C, N, E)
+
+
 def modal_kernel(poles: Tensor, residues: Tensor, length: int) -> Tensor:
     """h[c, t] = Re sum_n R[c, n] p[c, n]^t for t < length, in the poles' real precision.
 
@@ -36,22 +51,15 @@ def modal_kernel(poles: Tensor, residues: Tensor, length: int) -> Tensor:
         raise ValueError(f"poles {tuple(poles.shape)} and residues {tuple(residues.shape)} differ")
     real_dtype = torch.float64 if poles.dtype == torch.complex128 else torch.float32
     c = poles.shape[0]
-    log_p = torch.log(poles)  # (C, N); -inf + i*angle for p = 0
-    is_zero = (poles == 0)[..., None]  # (C, N, 1)
-
-    def powers(e: Tensor) -> Tensor:  # p^e for integer exponents e (E,): (C, N, E)
-        out = torch.exp(log_p[..., None] * e.to(real_dtype))  # NaN where p = 0, fixed below
-        return torch.where(is_zero, (e == 0).to(out.dtype), out)  # 0^0 = 1, 0^e = 0
-
     # p^(t0 + K m + k) = p^(t0 + K m) p^k: two small power tables and one batched matmul per
     # chunk, instead of one exp per (c, n, t).
     k = min(_INNER, max(1, length))
-    inner = powers(torch.arange(k, device=poles.device))  # (C, N, K)
+    inner = pole_powers(poles, torch.arange(k, device=poles.device))  # (C, N, K)
     out = torch.empty(c, length, dtype=real_dtype, device=poles.device)  # (C, L)
     for start in range(0, length, _CHUNK):
         width = min(_CHUNK, length - start)
         m = -(-width // k)
-        outer = powers(start + k * torch.arange(m, device=poles.device))  # (C, N, M)
+        outer = pole_powers(poles, start + k * torch.arange(m, device=poles.device))  # (C, N, M)
         coef = (residues[..., None] * outer).transpose(1, 2)  # (C, M, N)
         block = (coef @ inner).reshape(c, m * k)  # (C, M K)
         out[:, start : start + width] = block[:, :width].real

@@ -36,7 +36,7 @@ from torch import Tensor
 from lcd_cli.errors import LcdError
 from lcd_cli.hankel import fft_size
 from lcd_cli.modal import from_pairs as _pairs_to_complex
-from lcd_cli.modal import modal_kernel, to_pairs
+from lcd_cli.modal import modal_kernel, pole_powers, to_pairs
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -47,19 +47,8 @@ _MODAL_CHUNK = 8192
 
 
 def _powers(poles: Tensor, exponents: Tensor) -> Tensor:
-    """p^e for every pole and exponent, in complex128.
-
-    Args:
-        poles: (C, N) complex.
-        exponents: (E,) non-negative integers (any real dtype).
-    Returns:
-        (C, N, E) complex128.
-    """
-    p = poles.to(torch.complex128)  # (C, N)
-    e = exponents.to(device=p.device, dtype=torch.float64)  # (E,)
-    out = torch.exp(torch.log(p)[..., None] * e)  # (C, N, E); NaN where p = 0, fixed below
-    zero_pow = (e == 0).to(out.dtype).expand_as(out)  # (C, N, E)
-    return torch.where((p == 0)[..., None], zero_pow, out)  # (C, N, E)
+    """p^e for every pole and exponent, in complex128: (C, N) x (E,) -> (C, N, E)."""
+    return pole_powers(poles.to(torch.complex128), exponents)
 
 
 def _channel_blocks(channels: int, per_channel: int, budget: int | None = None) -> Iterator[slice]:
