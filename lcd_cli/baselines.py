@@ -174,8 +174,47 @@ def fit_modal_adam(
     return _result(h, poles, residues, "adam", order)
 
 
+def etsc_modes(h: Tensor, gamma: float | Tensor) -> tuple[Tensor, Tensor]:
+    """ETSC (Qin et al., arXiv 2311.08756) exact Toeplitz-to-SSM conversion, all modes.
+
+    With g[t] = h[t] gamma^-t (t < L), padded by g[L] = -sum_t g[t] so that its mean vanishes,
+    and G = DFT_{L+1}(g) / (L+1): h[t] = sum_{k=1}^{L} G_k (gamma w^k)^t exactly for t < L,
+    w = e^{2 pi i / (L+1)} (G_0 = 0). Bins k and L+1-k are conjugate and form one complex
+    mode (residue 2 G_k); for even L+1 the bin (L+1)/2 is a real mode (pole -gamma).
+
+    Args:
+        h: (C, L); gamma: decay, a float or per channel (C,).
+    Returns:
+        poles, residues (C, K) complex128, K = floor((L+1)/2): Re sum R p^t = h[t] for t < L.
+    """
+    h = _check_kernel(h).cpu()
+    c, length = h.shape
+    m = length + 1
+    gam = torch.as_tensor(gamma, dtype=torch.float64).reshape(-1, 1).expand(c, 1)  # (C, 1)
+    t = torch.arange(length, dtype=torch.float64)  # (L,)
+    g = h * gam ** (-t)  # (C, L)
+    g = torch.cat([g, -g.sum(-1, keepdim=True)], dim=-1)  # (C, L + 1), zero mean
+    spec = torch.fft.fft(g, dim=-1) / m  # (C, m): G_k = (1/m) sum_t g[t] w^{-kt}
+    kk = torch.arange(1, m // 2 + 1)  # (K,)
+    res = spec[:, kk].clone()  # (C, K)
+    paired = 2 * kk != m  # (K,)
+    res[:, paired] *= 2
+    poles = gam * torch.exp(2j * math.pi * kk.to(torch.float64) / m)  # (C, K)
+    return poles.to(torch.complex128), res.to(torch.complex128)
+
+
+def fit_etsc(h: Tensor, order: int, gamma: float | Tensor) -> FitResult:
+    """ETSC's exact modes (:func:`etsc_modes`) truncated to the N of largest |residue|."""
+    poles, res = etsc_modes(h, gamma)  # (C, K)
+    keep = torch.topk(res.abs(), min(order, res.shape[1]), dim=1).indices  # (C, N')
+    p, r = poles.gather(1, keep), res.gather(1, keep)  # (C, N')
+    return _result(h.to(torch.float64).cpu(), p, r, "etsc", p.shape[1])
+
+
 __all__ = [
+    "etsc_modes",
     "fit_dft_truncation",
+    "fit_etsc",
     "fit_matrix_pencil",
     "fit_modal_adam",
     "fit_real_pole_bank",

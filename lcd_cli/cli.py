@@ -160,6 +160,11 @@ def inspect(
             cells += ["skip"] * (2 + len(FLOOR_ORDERS))
         table.add_row(*cells)
     err.print(table)
+    for row in result["layers"]:  # facts about the source generator (e.g. SSM state, cond(V))
+        if row.get("generator_info"):
+            facts = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in row["generator_info"].items())
+            err.print(f"{row['name']}: {facts}", highlight=False, soft_wrap=True)
     if analysis:
         err.print("N@eps: smallest order whose lower bound is <= eps on every sampled channel; "
                   "floor@N: median lower bound on the relative l2 error at order N. These are "

@@ -22,8 +22,43 @@ _FIELDS = {
     "name": str, "family": str, "description": str, "source": str, "layer": str,
     "required": list, "optional": list, "generator": list, "skip": (str, type(None)),
     "materializer": str, "options": dict, "causal": bool, "distill": bool,
+    "match_shapes": dict,
 }
 _REQUIRED = ("name", "family", "layer", "required", "generator", "materializer")
+DimSpec = int | tuple[int | None, int | None] | None  # one dim of a match_shapes entry
+
+
+def _check_match_shapes(value: dict[str, Any]) -> list[str]:
+    """Problems with a ``match_shapes`` mapping (key -> list of dim specs)."""
+    problems = []
+    for key, dims in value.items():
+        if not isinstance(dims, list) or not dims:
+            problems.append(f"match_shapes['{key}'] must be a non-empty list of dims")
+            continue
+        for i, d in enumerate(dims):
+            ok = d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+            if isinstance(d, list):
+                ends = [e for e in d if e is not None]
+                ok = (len(d) == 2 and all(isinstance(e, int) and not isinstance(e, bool)
+                                          and e >= 0 for e in ends)
+                      and (len(ends) < 2 or ends[0] <= ends[1]))
+            if not ok:
+                problems.append(f"match_shapes['{key}'][{i}] must be null, a size or "
+                                f"[min, max] (null = open end), got {d!r}")
+    return problems
+
+
+def shape_matches(shape: tuple[int, ...], spec: tuple[DimSpec, ...]) -> bool:
+    """Whether a tensor shape fits a match_shapes entry (same rank, every dim within spec)."""
+    if len(shape) != len(spec):
+        return False
+    for size, d in zip(shape, spec, strict=True):
+        if isinstance(d, int) and size != d:
+            return False
+        if isinstance(d, tuple) and not ((d[0] is None or size >= d[0])
+                                         and (d[1] is None or size <= d[1])):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -43,6 +78,9 @@ class FamilyConfig:
         options: materializer options (validated by the materializer).
         causal: False for bidirectional kernels.
         distill: False for layers that are recognised but left alone (e.g. short filters).
+        match_shapes: per relative key, the shape it must have for a prefix to be a layer of
+            this config: one entry per dim, None (any size), an int (exact) or (lo, hi)
+            (inclusive; None = open end). Tells apart layouts that share key names.
     """
 
     name: str
@@ -58,6 +96,7 @@ class FamilyConfig:
     options: dict[str, Any] = field(default_factory=dict)
     causal: bool = True
     distill: bool = True
+    match_shapes: dict[str, tuple[DimSpec, ...]] = field(default_factory=dict)
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +155,8 @@ def parse_config(text: str, origin: str) -> FamilyConfig:
             problems.append(f"field '{key}' must be a list of strings")
     if isinstance(doc.get("required"), list) and not doc["required"]:
         problems.append("field 'required' must name at least one key")
+    if isinstance(doc.get("match_shapes"), dict):
+        problems += _check_match_shapes(doc["match_shapes"])
     layer = None
     if isinstance(doc.get("layer"), str):
         try:
@@ -146,5 +187,8 @@ def parse_config(text: str, origin: str) -> FamilyConfig:
         materializer=doc["materializer"], description=doc.get("description", ""),
         source=doc.get("source", ""), optional=tuple(doc.get("optional") or ()),
         skip=skip, options=materializer.resolve_options(options),
-        causal=doc.get("causal", True), distill=doc.get("distill", True), path=origin, raw=doc,
+        causal=doc.get("causal", True), distill=doc.get("distill", True),
+        match_shapes={k: tuple(tuple(d) if isinstance(d, list) else d for d in dims)
+                      for k, dims in (doc.get("match_shapes") or {}).items()},
+        path=origin, raw=doc,
     )

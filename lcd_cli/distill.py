@@ -32,7 +32,14 @@ from lcd_cli.checkpoint import (
     write_safetensors,
 )
 from lcd_cli.errors import LcdError
-from lcd_cli.layers import Layer, layer_summary, materialize, select_configs
+from lcd_cli.layers import (
+    Layer,
+    generator_info,
+    layer_summary,
+    materialize,
+    select_configs,
+    source_modes,
+)
 from lcd_cli.metrics import kernel_errors
 from lcd_cli.modal import from_pairs, to_pairs
 
@@ -76,7 +83,9 @@ class DistillPlan:
             "max_order": self.max_order,
             "layers": [{"name": p.name, "family": p.layer.config.name, "channels": p.channels,
                         "length": p.length, "remove": list(p.layer.generator_keys),
-                        "add": [f"{p.name}.{SSM_POLES}", f"{p.name}.{SSM_RESIDUES}"]}
+                        "add": [f"{p.name}.{SSM_POLES}", f"{p.name}.{SSM_RESIDUES}"]
+                        + ([] if p.layer.config.causal else
+                           [f"{p.name}.ssm_rev.poles", f"{p.name}.ssm_rev.residues"])}
                        for p in self.layers],
             "skipped": self.skipped,
         }
@@ -154,6 +163,7 @@ class LayerResult:
     poles: torch.Tensor  # (C, N, 2) float32
     residues: torch.Tensor  # (C, N, 2) float32
     stats: dict[str, Any]
+    rev: tuple[torch.Tensor, torch.Tensor] | None = None  # non-causal: anti-causal half
 
 
 def fit_layer(ckpt: Checkpoint, planned: PlannedLayer, plan: DistillPlan, *, device: str | None,
@@ -161,13 +171,19 @@ def fit_layer(ckpt: Checkpoint, planned: PlannedLayer, plan: DistillPlan, *, dev
     """Materialize, fit and score one layer. Scores use the float32 parameters as written."""
     from lcd_cli.fit import fit_modal, fit_modal_to_tolerance
 
+    if not planned.layer.config.causal:
+        from lcd_cli.bidirectional import fit_two_sided_layer
+
+        return fit_two_sided_layer(ckpt, planned, plan, device=device, seed=seed)
     start = time.perf_counter()
     h, _ = materialize(ckpt, planned.layer)  # (C, L) float64
+    source = source_modes(ckpt, planned.layer)  # (C, M) or None: an SSM source's own poles
     if plan.order is not None:
-        fit = fit_modal(h, plan.order, device=device, seed=seed)
+        fit = fit_modal(h, plan.order, device=device, seed=seed, source=source)
     else:
         assert plan.tol is not None
-        fit = fit_modal_to_tolerance(h, plan.tol, plan.max_order, device=device, seed=seed)
+        fit = fit_modal_to_tolerance(h, plan.tol, plan.max_order, device=device, seed=seed,
+                                     source=source)
     poles, residues = to_pairs(fit.poles), to_pairs(fit.residues)  # (C, N, 2) float32
     stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order)
     stats |= {"name": planned.name, "family": planned.layer.config.name,
@@ -175,6 +191,8 @@ def fit_layer(ckpt: Checkpoint, planned: PlannedLayer, plan: DistillPlan, *, dev
               "method": fit.method, "seconds": round(time.perf_counter() - start, 3)}
     if plan.tol is not None:
         stats["tol_met"] = bool(stats["rel_l2"]["max"] <= plan.tol)
+    if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, eigvec conditioning
+        stats["generator_info"] = facts
     return LayerResult(planned.name, poles, residues, stats)
 
 
@@ -189,6 +207,11 @@ def run_distill(
     on_layer: Callable[[LayerResult], None] | None = None,
 ) -> dict[str, Any]:
     """Fit every planned layer (one at a time), then write checkpoint and report atomically."""
+    if any(p.layer.config.materializer == "stu" for p in plan.layers):  # shared basis
+        from lcd_cli.stu.distill import run_stu_distill
+
+        return run_stu_distill(plan, ckpt, seed=seed, force=force, command=command,
+                               on_layer=on_layer)
     results = []
     for planned in plan.layers:
         res = fit_layer(ckpt, planned, plan, device=device, seed=seed)
@@ -227,6 +250,9 @@ def _write_checkpoint(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerRe
         r = by_layer[name]
         shard_entries[shard] += [OutEntry.tensor(f"{name}.{SSM_POLES}", r.poles),
                                  OutEntry.tensor(f"{name}.{SSM_RESIDUES}", r.residues)]
+        if r.rev is not None:
+            shard_entries[shard] += [OutEntry.tensor(f"{name}.ssm_rev.poles", r.rev[0]),
+                                     OutEntry.tensor(f"{name}.ssm_rev.residues", r.rev[1])]
     if not plan.sharded:
         with atomic_output(plan.output, force=force) as tmp:
             write_safetensors(tmp, shard_entries[ckpt.shards[0]], metadata)
@@ -245,7 +271,7 @@ def _write_checkpoint(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerRe
 def _report(plan: DistillPlan, results: list[LayerResult], command: str, source_sha: str,
             output_sha: str, device: str | None, seed: int) -> dict[str, Any]:
     layers = [r.stats for r in results]
-    total_params = sum(s["channels"] * s["order"] * 4 for s in layers)
+    total_params = sum(s["channels"] * s.get("state_modes", s["order"]) * 4 for s in layers)
     return {
         "lcd_version": __version__,
         "command": command,

@@ -17,6 +17,9 @@ from torch import Tensor
 
 from lcd_cli.checkpoint import OutEntry, atomic_output, write_index, write_safetensors
 from lcd_cli.errors import LcdError
+from lcd_cli.examples_noncausal import long_conv_bidir, m2, tnn, tnn_bidir
+from lcd_cli.examples_ssm import h3, s4, s4_diag, s4d
+from lcd_cli.examples_stu import stu, stu_approx
 
 Tensors = dict[str, Tensor]
 
@@ -127,11 +130,82 @@ def long_conv(g: torch.Generator, d_model: int = 64, n_layers: int = 2, length: 
     return out
 
 
+# Evo 2 7B block pattern (vortex config: hcs 0,4,7,.. hcm 1,5,8,.. hcl 2,6,9,.. attn 3,10,..).
+EVO2_PATTERN = ("se", "mr", "li", "attn", "se", "mr", "li", "se", "mr", "li", "attn")
+
+
+def evo2(g: torch.Generator, d_model: int = 64, n_blocks: int = 7, groups: int = 16,
+         modes: int = 16, mr_length: int = 128, se_length: int = 7, heads: int = 4) -> Tensors:
+    """Evo 2 / StripedHyena 2 vortex layout (blocks.{i}.*, no prefix): Hyena-SE, -MR, -LI and
+    attention blocks in the 7B pattern. SE/MR taps (G, 1, K), channel c uses row c // (C/G);
+    MR taps stored decayed as the savanna converter writes them; LI log_poles (C, N, 1) < 0."""
+    if d_model % groups or d_model % heads:
+        raise LcdError(f"d_model {d_model} must be a multiple of groups {groups} and heads {heads}")
+    f64 = torch.float64
+    inner = 16 * -(-8 * d_model // 3 // 16)  # ParallelGatedMLP size, multiple of 16
+    emb = torch.randn(32, d_model, generator=g, dtype=f64)
+    out: Tensors = {"embedding_layer.weight": emb}
+    for i in range(n_blocks):
+        b = f"blocks.{i}"
+        kind = EVO2_PATTERN[i % len(EVO2_PATTERN)]
+        out[f"{b}.pre_norm.scale"] = torch.ones(d_model, dtype=f64)
+        if kind == "attn":
+            out |= {
+                f"{b}.inner_mha_cls.Wqkv.weight": _uniform(g, 3 * d_model, d_model, fan_in=d_model),
+                f"{b}.inner_mha_cls.out_proj.weight": _uniform(g, d_model, d_model, fan_in=d_model),
+                f"{b}.inner_mha_cls.out_proj.bias": _uniform(g, d_model, fan_in=d_model),
+                f"{b}.inner_mha_cls.rotary_emb.inv_freq": 1.0 / 10000 ** (
+                    torch.arange(0, d_model // heads, 2, dtype=f64) / (d_model // heads)),
+            }
+        else:
+            f = f"{b}.filter"
+            out |= {
+                f"{b}.projections.weight": _uniform(g, 3 * d_model, d_model, fan_in=d_model),
+                f"{f}.short_filter_weight": _uniform(g, 3 * d_model, 1, 3, fan_in=3),
+                f"{b}.out_filter_dense.weight": _uniform(g, d_model, d_model, fan_in=d_model),
+                f"{b}.out_filter_dense.bias": _uniform(g, d_model, fan_in=d_model),
+            }
+        if kind == "se":
+            out[f"{b}.filter.h"] = _uniform(g, groups, 1, se_length, fan_in=se_length)
+        elif kind == "mr":
+            # savanna ExplicitSingleDecayFilter ("strong"): h * exp(-r_g t'), r_g in logspace(0, 2).
+            t = torch.linspace(0, 1, mr_length, dtype=f64)
+            rate = torch.logspace(0, 2, groups, dtype=f64)[:, None]  # (G, 1)
+            freq = torch.empty(groups, 3, 1, dtype=f64).uniform_(0, 0.3, generator=g)
+            amp = torch.randn(groups, 3, 1, generator=g, dtype=f64)
+            taps = torch.arange(mr_length, dtype=f64)
+            smooth = (amp * torch.cos(freq * taps)).sum(1) / math.sqrt(mr_length)  # (G, K)
+            noise = 1e-4 * torch.randn(groups, mr_length, generator=g, dtype=f64)
+            out[f"{b}.filter.h"] = ((smooth + noise) * torch.exp(-rate * t))[:, None]
+            out[f"{b}.filter.D"] = torch.randn(d_model, generator=g, dtype=f64)
+        elif kind == "li":
+            # log_poles = -exp(p) exp(gamma) (savanna -> vortex): real decay rates in (1e-3, 0.5).
+            rate = torch.exp(torch.empty(d_model, modes, dtype=f64).uniform_(
+                math.log(1e-3), math.log(0.5), generator=g))
+            residues = torch.randn(d_model, modes, generator=g, dtype=f64) * rate.sqrt()
+            out[f"{b}.filter.log_poles"] = -rate[..., None]
+            out[f"{b}.filter.residues"] = residues
+            out[f"{b}.filter.D"] = torch.randn(d_model, generator=g, dtype=f64)
+        out |= {
+            f"{b}.post_norm.scale": torch.ones(d_model, dtype=f64),
+            f"{b}.mlp.l1.weight": _uniform(g, inner, d_model, fan_in=d_model),
+            f"{b}.mlp.l2.weight": _uniform(g, inner, d_model, fan_in=d_model),
+            f"{b}.mlp.l3.weight": _uniform(g, d_model, inner, fan_in=inner),
+        }
+    out["norm.scale"] = torch.ones(d_model, dtype=f64)
+    out["unembed.weight"] = emb.clone()  # the converter writes the tied embedding twice
+    return out
+
+
 EXAMPLES: dict[str, Callable[..., Tensors]] = {
     "hyenadna": hyenadna,
     "stripedhyena": stripedhyena,
     "long-conv": long_conv,
+    "evo2": evo2,
 }
+EXAMPLES |= {"m2": m2, "long-conv-bidir": long_conv_bidir, "tnn": tnn, "tnn-bidir": tnn_bidir}
+EXAMPLES |= {"s4d": s4d, "s4-diag": s4_diag, "s4-dplr": s4, "h3": h3}  # SSM-parameterised
+EXAMPLES |= {"stu": stu, "stu-approx": stu_approx}  # Flash-STU (exact / approx mode)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
            "fp64": torch.float64}
 
@@ -144,8 +218,10 @@ def make_example(name: str, seed: int = 0, dtype: str = "fp32", **sizes: int) ->
     g = torch.Generator().manual_seed(seed)
     tensors = EXAMPLES[name](g, **sizes)
     # Modal parameters stay float32 (upstream keeps them in fp32 whatever the model dtype).
-    keep = ("filter.poles", "filter.residues")
-    return {k: v.to(torch.float32 if k.endswith(keep) and dtype != "fp64" else _DTYPES[dtype])
+    keep = ("filter.poles", "filter.residues", "filter.log_poles")
+    # Integer buffers (e.g. S4's l_kernel) keep their dtype.
+    return {k: v if not v.is_floating_point() else
+            v.to(torch.float32 if k.endswith(keep) and dtype != "fp64" else _DTYPES[dtype])
             for k, v in tensors.items()}
 
 

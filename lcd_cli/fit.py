@@ -24,7 +24,8 @@ Method:
    than N candidate modes (real poles), the N of largest least-squares energy are kept; with
    fewer (short windows), distinct padding poles fill the rest. Channels whose final error is
    far above the layer median restart from other starts (candidates from the window's second
-   half, which expose slow tails; reflected poles; higher-rank realizations).
+   half, which expose slow tails; reflected poles; higher-rank realizations;
+   a rank-N realization for kernels of many clustered real modes).
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
    L x N matrix is formed; the right-hand sides sum_t h[t] p^t are streamed in time chunks.
@@ -72,8 +73,12 @@ _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
 _LSTSQ_BUDGET = 1 << 24  # float64 words of one explicit (C, L, 2N) least-squares basis
 _F32_LAMBDA = 2.0**-24  # residue regularization for float32 storage (unit roundoff)
 _F64_LAMBDA = 1e-13  # the same for float64 parameters (a numerical-rank cut-off)
-# Outlier restarts, in order: (extra ERA rank, reflect unstable poles, add second-half modes).
-_RESTARTS = ((0, False, True), (0, True, False), (2, False, False), (4, False, True))
+# Outlier restarts, in order: (ERA realization rank a*N + b as (a, b), reflect unstable poles,
+# add second-half modes). Rank N (not 2N) suits kernels made of many clustered real modes (an
+# SSM source of higher order): its N eigenvalues need no selection, which modal truncation
+# gets wrong for clustered poles.
+_RESTARTS = (((2, 0), False, True), ((2, 0), True, False), ((2, 2), False, False),
+             ((2, 4), False, True), ((1, 0), False, False))
 _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
 
 
@@ -463,10 +468,11 @@ def _kung_candidates(hw: Tensor, rank: int, seed: int, reflect: bool) -> tuple[T
     return _collapse_eigs(torch.linalg.eigvals(a), reflect)  # (C, r) each
 
 
-def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: bool = False,
+def _era_poles(h: Tensor, order: int, seed: int, rank: int | None = None, reflect: bool = False,
                tail: bool = False) -> Tensor:
-    """Initial log-poles by Kung's method on the window h[:, :W] (realization rank 2N + extra;
-    the N modes of largest least-squares energy are kept; unstable ones clamped or reflected).
+    """Initial log-poles by Kung's method on the window h[:, :W] (realization rank 2N unless
+    given; the N modes of largest least-squares energy are kept; unstable ones clamped or
+    reflected).
     With tail, the modes of the window's second half are candidates too: they see the slow part
     of the kernel that the fast, large early part otherwise hides.
 
@@ -479,9 +485,10 @@ def _era_poles(h: Tensor, order: int, seed: int, extra_rank: int = 0, reflect: b
     w = min(length, _ERA_WINDOW)
     hw = h[:, :w]  # (C, W)
     m, n = hankel_shape(w)
-    if min(2 * order + extra_rank, m - 1, n) < 1:
+    rank = 2 * order if rank is None else rank
+    if min(rank, m - 1, n) < 1:
         return torch.log(_pad_poles(c, order, h.device))
-    cand, valid = _kung_candidates(hw, 2 * order + extra_rank, seed, reflect)  # (C, r)
+    cand, valid = _kung_candidates(hw, rank, seed, reflect)  # (C, r)
     if tail and w // 2 >= 4:
         # Shifting the window rescales residues only: its poles are poles of hw as well.
         ct, vt = _kung_candidates(hw[:, w // 2 :], 2 * order, seed, reflect)  # (C, r')
@@ -594,10 +601,20 @@ def _channel_chunk(c: int, order: int) -> int:
     return -(-c // chunks)
 
 
+def _source_start(h: Tensor, source: Tensor, order: int, length: int) -> Tensor:
+    """Log-poles (C, N) from the poles (C, M) of an exact modal realization of h: all M when
+    M <= N (padded), else the N of largest least-squares energy (modal truncation)."""
+    cand = _stabilize(source)  # (C, M)
+    valid = torch.ones(cand.shape, dtype=torch.bool, device=cand.device)  # (C, M)
+    return torch.log(_select_modes(h, cand, valid, order, length))  # (C, N)
+
+
 def _fit_chunk(
-    h: Tensor, order: int, seed: int, refine_iters: int, float32: bool
+    h: Tensor, order: int, seed: int, refine_iters: int, float32: bool,
+    source: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N)."""
+    """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N).
+    ``source`` (C, M): poles of an exact modal realization of h, one more start."""
     length = h.shape[-1]
     w = min(length, _REFINE_WINDOW)
     s0 = _era_poles(h, order, seed)  # (C, N)
@@ -606,16 +623,23 @@ def _fit_chunk(
         # The refinement is guided by normal equations, which can mislead it on ill-conditioned
         # pole sets: the ERA start itself is a candidate too, scored directly.
         poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32))
+    if source is not None:
+        # An SSM source's own modes: exact when M <= N (clustered poles that ERA resolves
+        # poorly), a modal-truncation start otherwise.
+        s1 = _source_start(h, source, order, w)  # (C, N)
+        poles, res, err = _keep_better((poles, res, err),
+                                       _finish(h, _refine(h, s1, w, refine_iters), float32))
     # Channels far worse than the layer's median restart from other ERA starts (_RESTARTS):
-    # second-half candidates, reflected instead of clamped poles, realizations of higher rank;
+    # second-half candidates, reflected instead of clamped poles, realizations of other ranks;
     # each restart is kept where it scores better, and only channels still far off go on.
-    for extra, reflect, tail in _RESTARTS if refine_iters > 0 else ():
+    for (a, b), reflect, tail in _RESTARTS if refine_iters > 0 else ():
         bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
         if not bool(bad.any()):
             break
         idx = bad.nonzero()[:, 0]  # (Cb,)
         hb = h[idx]  # (Cb, L)
-        sb = _refine(hb, _era_poles(hb, order, seed, extra, reflect, tail), w, refine_iters)
+        sb = _refine(hb, _era_poles(hb, order, seed, a * order + b, reflect, tail), w,
+                     refine_iters)
         merged = _keep_better((poles[idx], res[idx], err[idx]), _finish(hb, sb, float32))
         poles[idx], res[idx], err[idx] = merged
     return poles, res
@@ -681,6 +705,30 @@ def _final_residues(h: Tensor, poles: Tensor, lam: float) -> Tensor:
     return out
 
 
+def _distinct_rows(h: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(first, inverse) when some rows of h (C, L) are exactly equal: h[first] are the distinct
+    rows and h = h[first][inverse]; None when all rows differ. A random projection finds the
+    candidates; equality is then checked exactly, channel chunk by chunk (bounded memory)."""
+    c, length = h.shape
+    if c < 2:
+        return None
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(length, generator=g, dtype=torch.float64).to(h.device)  # (L,)
+    key = torch.stack([h @ w, h.sum(-1)], dim=1)  # (C, 2)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # (C,)
+    groups = int(inverse.max()) + 1
+    if groups == c:
+        return None
+    first = torch.full((groups,), c, dtype=torch.long, device=h.device)  # (U,)
+    first = first.scatter_reduce(0, inverse, torch.arange(c, device=h.device), "amin")
+    step = max(1, _STREAM_BUDGET // max(1, length))
+    for start in range(0, c, step):
+        rep = h[first[inverse[start : start + step]]]  # (Cc, L)
+        if not torch.equal(rep, h[start : start + step]):
+            return None  # a projection collision between different rows: fit all
+    return first.cpu(), inverse.cpu()
+
+
 def fit_modal(
     h: Tensor,
     order: int,
@@ -690,8 +738,12 @@ def fit_modal(
     refine_iters: int = _REFINE_ITERS,
     progress: Callable[[int, int], None] | None = None,
     float32: bool = True,
+    source: Tensor | None = None,
 ) -> FitResult:
     """Fit every channel of h with an `order`-mode modal kernel (ERA + variable-projection LM).
+
+    Identical channels (grouped filters stored once per group, e.g. Evo 2 Hyena-MR) are fitted
+    once and share the result.
 
     Args:
         h: (C, L) real kernels (computed in float64).
@@ -705,6 +757,9 @@ def fit_modal(
             regularized against rounding and then rounded (the default). This limits the
             attainable error to ~1e-7..1e-6 relative for slowly decaying modes. False keeps
             float64 parameters (e.g. to check exact recovery to ~1e-10).
+        source: (C, M) complex poles of an exact modal realization h = Re sum R p^t (an
+            SSM-parameterised layer, see ``Materializer.modes``): one more start per channel,
+            kept where it scores better.
     Returns:
         FitResult with poles/residues (C, N) complex128, rel_l2 (C,) of exactly these
         parameters (computed directly in float64), method "era+vp-lm".
@@ -714,15 +769,27 @@ def fit_modal(
     h = _check_kernel(h)
     c, length = h.shape
     _check_order(order, length)
+    if source is not None and (source.ndim != 2 or source.shape[0] != c):
+        raise LcdError(f"source poles must be ({c}, M), got {tuple(source.shape)}")
+    rows = _distinct_rows(h)
+    if rows is not None:
+        first, inverse = rows
+        sub = fit_modal(h[first], order, device=device, seed=seed, refine_iters=refine_iters,
+                        progress=progress, float32=float32,
+                        source=None if source is None else source[first])
+        return FitResult(poles=sub.poles[inverse], residues=sub.residues[inverse],
+                         rel_l2=sub.rel_l2[inverse], method=sub.method, order=order)
     dev = torch.device(device) if device is not None else h.device
     h = h.to(dev)
+    src = None if source is None else source.to(dev, torch.complex128)  # (C, M)
     poles = torch.empty(c, order, dtype=torch.complex128)  # (C, N)
     residues = torch.empty_like(poles)  # (C, N)
     err = torch.empty(c, dtype=torch.float64)  # (C,)
     step = _channel_chunk(c, order)
     for start in range(0, c, step):
         hc = h[start : start + step]  # (Cc, L)
-        p, r = _fit_chunk(hc, order, seed, refine_iters, float32)  # (Cc, N)
+        sc = None if src is None else src[start : start + step]  # (Cc, M)
+        p, r = _fit_chunk(hc, order, seed, refine_iters, float32, sc)  # (Cc, N)
         poles[start : start + step] = p.cpu()
         residues[start : start + step] = r.cpu()
         if progress is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lcd_cli.checkpoint import Checkpoint
-from lcd_cli.layers import layer_summary, materialize, select_configs
+from lcd_cli.layers import generator_info, layer_summary, materialize, select_configs
 from lcd_cli.metrics import DENSE_HANKEL_BUDGET, sample_channels
 
 FLOOR_ORDERS = (8, 16, 32, 64)
@@ -63,7 +63,16 @@ def inspect_checkpoint(
         for layer in cfg_layers:
             row = layer_summary(ckpt, layer)
             row["skip_key"] = layer.skip_key
-            if analyse and layer.config.distill:
+            if analyse and (facts := generator_info(ckpt, layer)):
+                row["generator_info"] = facts  # e.g. an SSM's state size, eigvec condition
+            if analyse and layer.config.distill and not layer.config.causal:
+                from lcd_cli.bidirectional import two_sided_compressibility
+                from lcd_cli.layers import materialize_two_sided
+
+                k_fwd, k_rev, _ = materialize_two_sided(ckpt, layer)  # (C, L) each
+                row["compressibility"] = two_sided_compressibility(k_fwd, k_rev,
+                                                                   channels=channels)
+            elif analyse and layer.config.distill:
                 h, _ = materialize(ckpt, layer)
                 row["compressibility"] = compressibility(h, channels=channels)
             layers.append(row)

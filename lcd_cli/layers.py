@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from lcd_cli.checkpoint import Checkpoint
-from lcd_cli.config import FamilyConfig, builtin_configs
+from lcd_cli.config import FamilyConfig, builtin_configs, shape_matches
 from lcd_cli.errors import LcdError
 
 
@@ -97,13 +97,19 @@ def find_layers(ckpt: Checkpoint, config: FamilyConfig) -> list[Layer]:
         rel_keys = tuple(sorted(by_prefix[prefix]))
         if not all(r in rel_keys for r in config.required):
             continue
+        # Layouts sharing key names (Evo 2 Hyena-MR and -SE both have filter.h) differ in shape.
+        if not all(r in rel_keys and shape_matches(ckpt.info(f"{prefix}.{r}").shape, spec)
+                   for r, spec in config.match_shapes.items()):
+            continue
         gen = tuple(f"{prefix}.{r}" for r in rel_keys
                     if any(fnmatch.fnmatchcase(r, g) for g in config.generator))
         skip = None
         if config.skip:
             candidate = config.skip.format(prefix=prefix, **groups)
             skip = candidate if candidate in ckpt else None
-        layers.append(Layer(prefix, config, groups, rel_keys, gen, skip))
+        layer = Layer(prefix, config, groups, rel_keys, gen, skip)
+        if _materializer(config).accepts(LayerView(ckpt, layer), config.options):
+            layers.append(layer)
     return sorted(layers, key=lambda la: (la.index if la.index is not None else -1, la.prefix))
 
 
@@ -139,17 +145,22 @@ def select_configs(
         raise LcdError(f"no long-conv layer found (configs tried: {tried}); the checkpoint has "
                        f"{len(ckpt.keys())} tensors, e.g. {', '.join(ckpt.keys()[:3])}",
                        file=ckpt.source, hint=hint)
-    owner: dict[str, str] = {}
+    owner: dict[str, FamilyConfig] = {}
     clashes: list[str] = []
+    two_sided = False  # a causal and a non-causal config claim the same layer
     for cfg, layers in found:
         for layer in layers:
             if layer.prefix in owner:
-                clashes.append(f"'{layer.prefix}' ({owner[layer.prefix]} and {cfg.name})")
-            owner[layer.prefix] = cfg.name
+                clashes.append(f"'{layer.prefix}' ({owner[layer.prefix].name} and {cfg.name})")
+                two_sided |= owner[layer.prefix].causal != cfg.causal
+            owner[layer.prefix] = cfg
     if clashes:
+        hint = "choose one with --family NAME (they differ in kernel options)"
+        if two_sided:
+            hint = ("the keys cannot tell the causal variant from the bidirectional (non-causal) "
+                    "one; " + hint)
         raise LcdError(f"several family configs match the same layers: {', '.join(clashes[:3])}",
-                       file=ckpt.source,
-                       hint="choose one with --family NAME (they differ in kernel options)")
+                       file=ckpt.source, hint=hint)
     return found
 
 
@@ -169,6 +180,41 @@ def layer_summary(ckpt: Checkpoint, layer: Layer) -> dict[str, Any]:
         "generator_params": sum(ckpt.info(k).numel for k in layer.generator_keys),
         "distill": layer.config.distill,
     }
+
+
+def _materializer(config: FamilyConfig) -> Any:
+    from lcd_cli.kernels import MATERIALIZERS
+
+    return MATERIALIZERS[config.materializer]
+
+
+def materialize_two_sided(
+    ckpt: Checkpoint, layer: Layer
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A non-causal layer's halves k_fwd[tau] = h[tau], k_rev[j] = h[-(j+1)] (C, L) float64
+    and its skip term D (C,) (None if absent)."""
+    k_fwd, D = materialize(ckpt, layer)  # (C, L), (C,)
+    k_rev = _materializer(layer.config).kernel_rev(LayerView(ckpt, layer),
+                                                   layer.config.options)  # (C, L)
+    if k_rev.shape != k_fwd.shape:
+        raise LcdError(f"the reverse kernel is {tuple(k_rev.shape)}, the forward one "
+                       f"{tuple(k_fwd.shape)}", file=ckpt.source, key=layer.prefix)
+    if not torch.isfinite(k_rev).all():
+        raise LcdError("the materialized reverse kernel holds NaN or Inf", file=ckpt.source,
+                       key=layer.prefix)
+    return k_fwd, k_rev, D
+
+
+def generator_info(ckpt: Checkpoint, layer: Layer) -> dict[str, Any]:
+    """The materializer's facts about the layer's generator (may load tensors)."""
+    return _materializer(layer.config).info(LayerView(ckpt, layer), layer.config.options)
+
+
+def source_modes(ckpt: Checkpoint, layer: Layer) -> torch.Tensor | None:
+    """Poles (C, M) of the layer's own diagonal realization, for SSM-parameterised sources
+    (an extra start of the order-reduction fit); None for other generators."""
+    modes = _materializer(layer.config).modes(LayerView(ckpt, layer), layer.config.options)
+    return None if modes is None else modes[0]
 
 
 def materialize(ckpt: Checkpoint, layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:

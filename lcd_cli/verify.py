@@ -100,8 +100,21 @@ def verify_checkpoint(
         reported = {row["name"]: row for row in rep["layers"]} if rep else {}
         rows = []
         for cfg in _configs(distilled):
+            if cfg.materializer == "stu" and cfg.distill:  # one shared basis for all layers
+                from lcd_cli.stu.distill import verify_stu_layers
+
+                rows += verify_stu_layers(distilled, ref, find_layers(ref, cfg), tol=tol,
+                                          length=length, seed=seed)
+                continue
             for layer in find_layers(ref, cfg):
                 if not cfg.distill:
+                    continue
+                if not cfg.causal:
+                    from lcd_cli.bidirectional import verify_two_sided_layer
+
+                    rows.append(verify_two_sided_layer(
+                        distilled, ref, layer, tol=tol, length=length, seed=seed,
+                        channels=channels, reported=reported.get(layer.prefix)))
                     continue
                 h, D_ref = materialize(ref, layer)  # (C, L)
                 D = (distilled.get(layer.skip_key, torch.float64).reshape(-1)

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import yaml
 
-FAMILIES = ("hyenadna", "stripedhyena", "long-conv")
+FAMILIES = ("hyenadna", "stripedhyena", "long-conv", "evo2")
+FAMILIES += ("m2", "long-conv-bidir", "tnn", "tnn-bidir")  # non-causal and TNN
+FAMILIES += ("s4d", "s4-diag", "s4-dplr", "h3")  # SSM-parameterised (order reduction)
+FAMILIES += ("stu", "stu-approx")  # Flash-STU (one shared basis for all layers)
+# Examples whose keys fit several configs (TNN: causal and non-causal look alike).
+FAMILY_FLAGS = {"tnn": ["--family", "tnn"], "tnn-bidir": ["--family", "tnn-bidir"]}
 
 
 def _lcd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -29,8 +34,10 @@ def _lcd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, check=False)
 
 
-def measure(family: str, order: int, workdir: Path, env: dict[str, str]) -> dict[str, object]:
-    """Example -> distill --order -> verify --json for one family and order."""
+def measure(family: str, order: int, workdir: Path, env: dict[str, str]
+            ) -> list[dict[str, object]]:
+    """Example -> distill --order -> verify --json for one family and order: one row per family
+    config in the report (an example mixing configs, e.g. evo2, gets one row for each)."""
     src = workdir / f"{family}.safetensors"
     if not src.exists():
         done = _lcd("example", family, "-o", str(src), env=env)
@@ -39,24 +46,32 @@ def measure(family: str, order: int, workdir: Path, env: dict[str, str]) -> dict
     out = workdir / f"{family}.n{order}.lcd.safetensors"
     rep = workdir / f"{family}.n{order}.report.yaml"
     start = time.perf_counter()
-    done = _lcd("distill", str(src), "--order", str(order), "-o", str(out), "--report", str(rep),
+    done = _lcd("distill", str(src), *FAMILY_FLAGS.get(family, []), "--order", str(order),
+                "-o", str(out), "--report", str(rep),
                 "--force", env=env)
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(done.stderr)
     report = yaml.safe_load(rep.read_text())
-    layers = report["layers"]
     check = _lcd("verify", str(out), "--reference", str(src), "--tol", "1", "--json", env=env)
     verdict = json.loads(check.stdout) if check.stdout.strip() else {}
-    worst = max((lay.get("worst", 0.0) for lay in verdict.get("layers", [])), default=float("nan"))
-    return {
-        "family": family, "order": order, "layers": len(layers),
-        "shape": f"{layers[0]['channels']} x {layers[0]['length']}",
-        "median": max(lay["rel_l2"]["median"] for lay in layers),
-        "max": max(lay["rel_l2"]["max"] for lay in layers),
-        "floor": max(lay["floor"] for lay in layers),
-        "verify": worst, "seconds": sum(lay["seconds"] for lay in layers), "wall": wall,
-    }
+    verified = {lay["name"]: lay.get("worst", 0.0) for lay in verdict.get("layers", [])}
+    configs = list(dict.fromkeys(lay["family"] for lay in report["layers"]))
+    rows = []
+    for config in configs:
+        layers = [lay for lay in report["layers"] if lay["family"] == config]
+        rows.append({
+            "family": family if len(configs) == 1 else f"{family} ({config})",
+            "order": order, "layers": len(layers),
+            "shape": f"{layers[0]['channels']} x {layers[0]['length']}",
+            "median": max(lay["rel_l2"]["median"] for lay in layers),
+            "max": max(lay["rel_l2"]["max"] for lay in layers),
+            "floor": max(lay["floor"] for lay in layers),
+            "verify": max((verified.get(lay["name"], float("nan")) for lay in layers),
+                          default=float("nan")),
+            "seconds": sum(lay["seconds"] for lay in layers), "wall": wall,
+        })
+    return rows
 
 
 def main() -> None:
@@ -75,10 +90,10 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for family in args.families:
         for order in args.orders:
-            r = measure(family, order, args.workdir, env)
-            print(f"| {r['family']} | {r['layers']} | {r['shape']} | {r['order']} | "
-                  f"{r['median']:.2e} | {r['max']:.2e} | {r['floor']:.2e} | {r['verify']:.2e} | "
-                  f"{r['seconds']:.1f} |", flush=True)
+            for r in measure(family, order, args.workdir, env):
+                print(f"| {r['family']} | {r['layers']} | {r['shape']} | {r['order']} | "
+                      f"{r['median']:.2e} | {r['max']:.2e} | {r['floor']:.2e} | "
+                      f"{r['verify']:.2e} | {r['seconds']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,33 @@ class Materializer:
         raise NotImplementedError
 
     def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
-        """The (C, L) float64 kernel."""
+        """The (C, L) float64 kernel (for a non-causal layer: its causal half h[0 .. L-1])."""
         raise NotImplementedError
+
+    def info(self, view: LayerView, options: dict[str, Any]) -> dict[str, Any]:
+        """Facts about the source generator worth showing (e.g. an SSM's state size and the
+        conditioning of its eigenvectors); shown by ``lcd inspect``. Empty by default."""
+        return {}
+
+    def modes(self, view: LayerView, options: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+        """For a layer that already is a diagonal SSM: poles and residues (C, M) complex128
+        with kernel[c, t] = Re sum_m R[c, m] p[c, m]^t exactly (the fitter's extra start for
+        order reduction). None when the source is not diagonal (the default)."""
+        return None
+
+    def kernel_rev(self, view: LayerView, options: dict[str, Any]) -> Tensor:
+        """Anti-causal half of a non-causal layer, k_rev[j] = h[-(j+1)], (C, L) float64.
+
+        Only materializers of two-sided (``causal: false``) families implement it.
+        """
+        raise LcdError(f"materializer '{self.name}' has no anti-causal (reverse) kernel",
+                       file=view.file, key=view.prefix,
+                       hint="this family is causal: remove 'causal: false' from the config")
+
+    def accepts(self, view: LayerView, options: dict[str, Any]) -> bool:
+        """Whether a layer found by key names is one of this config's (shape checks that
+        relate several tensors, e.g. a two-sided kernel holding twice the channels of D)."""
+        return True
 
 
 def resolve_length(view: LayerView, natural: int | None, options: dict[str, Any]) -> int:

@@ -5,11 +5,17 @@ Dimensions: L kernel length (<= l_max), E positional-embedding width, W MLP widt
 Upstream (safari ``HyenaFilter``; HyenaDNA port):
   z[t] = [t/(l_max-1), cos(f w_t), -sin(f w_t)],  f = linspace(1e-4, B-1, B), B = (E-1)/2,
          w_t = 2 pi t / l_max                       (or the stored ``pos_emb.z``)
-  a = sin(freq * (W_0 z + b_0)); a = sin(freq * (W_j a + b_j)) ...; h = W_last a
+  a = sin(w_mod freq (W_0 z + b_0)); a = sin(w_mod freq (W_j a + b_j)) ...; h = W_last a
   h[t, c] *= exp(-t_norm[t] |delta_c|) + shift        (if modulate; t_norm = stored ``pos_emb.t``)
   h[t, :] /= ||h[t, :]||_1                            (if normalized)
 The kernel is evaluated on the first L rows of the l_max positions (t is not renormalised).
 The Sin module is shared, so a file may store only the first ``freq``: it is reused.
+
+Bidirectional filters (M2 ``HyenaFilter(bidirectional=True)``, m2 bert/src/mm/hyena_utils.py):
+a second MLP ``implicit_filter_rev`` (same positional features, same Sin module, same
+modulation and normalization) gives k_rev; the layer convolves with the two-sided kernel
+``pad(k_fwd, (0, L)) + pad(k_rev.flip(-1), (L, 0))`` over 2L circular lags, i.e.
+h[tau] = k_fwd[tau] for tau >= 0 and h[-(j+1)] = k_rev[j] (see ``lcd_cli.bidirectional``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from lcd_cli.errors import LcdError
 from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
 from lcd_cli.layers import LayerView
 
-_LINEAR = re.compile(r"^implicit_filter\.(\d+)\.weight$")
+FWD, REV = "implicit_filter", "implicit_filter_rev"
 
 
 def positional_features(l_max: int, emb_dim: int) -> tuple[Tensor, Tensor]:
@@ -47,13 +53,17 @@ class HyenaKernel(Materializer):
         "sin_freq": ((float, int, type(None)), None),
         "l_max": ((int, type(None)), None),
         "length": ((int, type(None)), None),
+        "w_mod": ((float, int), 1.0),
     }
 
-    def _linears(self, view: LayerView) -> list[int]:
-        idx = sorted(int(m.group(1)) for k in view.names() if (m := _LINEAR.match(k)))
+    def _linears(self, view: LayerView, net: str = FWD) -> list[int]:
+        pattern = re.compile(rf"^{net}\.(\d+)\.weight$")
+        idx = sorted(int(m.group(1)) for k in view.names() if (m := pattern.match(k)))
         if len(idx) < 2:
-            raise LcdError(f"expected at least 2 linear layers implicit_filter.<j>.weight, found "
-                           f"{len(idx)}", file=view.file, key=view.prefix + ".implicit_filter")
+            hint = ("a bidirectional (causal: false) config needs the reverse filter MLP"
+                    if net == REV else None)
+            raise LcdError(f"expected at least 2 linear layers {net}.<j>.weight, found "
+                           f"{len(idx)}", file=view.file, key=f"{view.prefix}.{net}", hint=hint)
         return idx
 
     def _l_max(self, view: LayerView, options: dict[str, Any]) -> int:
@@ -69,15 +79,22 @@ class HyenaKernel(Materializer):
                            file=view.file, key=view.prefix, hint="set the config option 'l_max'")
         return int(options["l_max"])
 
-    def shape(self, view: LayerView, options: dict[str, Any]) -> tuple[int, int]:
-        idx = self._linears(view)
-        shapes = [view.shape(f"implicit_filter.{j}.weight") for j in idx]
+    def shape(self, view: LayerView, options: dict[str, Any], net: str = FWD) -> tuple[int, int]:
+        idx = self._linears(view, net)
+        shapes = [view.shape(f"{net}.{j}.weight") for j in idx]
         for j, s in enumerate(shapes):
             # Each weight must be 2-D and take the previous layer's output width as input.
             if len(s) != 2 or (j > 0 and s[1] != shapes[j - 1][0]):
                 raise LcdError(f"linear layer shapes do not chain: {[list(x) for x in shapes]}",
-                               file=view.file, key=view.key(f"implicit_filter.{idx[j]}.weight"))
+                               file=view.file, key=view.key(f"{net}.{idx[j]}.weight"))
         channels, emb_dim = shapes[-1][0], shapes[0][1]
+        if net == REV:
+            fwd = self.shape(view, options)
+            fwd_emb = view.shape(f"{FWD}.{self._linears(view)[0]}.weight")[1]
+            if (channels, emb_dim) != (fwd[0], fwd_emb):
+                raise LcdError(f"the reverse filter maps {emb_dim} features to {channels} "
+                               f"channels, the forward filter {fwd_emb} to {fwd[0]}",
+                               file=view.file, key=view.key(f"{net}.{idx[-1]}.weight"))
         l_max = self._l_max(view, options)
         if view.has("pos_emb.z") and view.shape("pos_emb.z")[2] != emb_dim:
             raise LcdError(f"pos_emb.z width {view.shape('pos_emb.z')[2]} does not match the "
@@ -89,10 +106,13 @@ class HyenaKernel(Materializer):
                            key=view.key("modulation.deltas"))
         return channels, resolve_length(view, l_max, options)
 
-    def _freqs(self, view: LayerView, idx: list[int], options: dict[str, Any]) -> list[Tensor]:
-        """The Sin frequency after each hidden linear (shared module: fall back to the first)."""
-        stored = {j: f"implicit_filter.{j + 1}.freq" for j in idx[:-1]}
-        available = [rel for rel in stored.values() if view.has(rel)]
+    def _freqs(self, view: LayerView, idx: list[int], options: dict[str, Any],
+               net: str = FWD) -> list[Tensor]:
+        """The Sin frequency after each hidden linear (shared module: fall back to the first
+        stored one, of this MLP or, for the reverse MLP, of the forward one)."""
+        stored = {j: f"{net}.{j + 1}.freq" for j in idx[:-1]}
+        shared = [f"{FWD}.{j + 1}.freq" for j in self._linears(view)[:-1]]
+        available = [rel for rel in [*stored.values(), *shared] if view.has(rel)]
         if available:
             first = view.get(available[0])
             return [view.get(stored[j]) if view.has(stored[j]) else first for j in idx[:-1]]
@@ -103,25 +123,33 @@ class HyenaKernel(Materializer):
         return [torch.tensor(float(options["sin_freq"]), dtype=torch.float64)] * (len(idx) - 1)
 
     def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
-        channels, length = self.shape(view, options)
-        idx = self._linears(view)
+        return self._filter(view, options, FWD)
+
+    def kernel_rev(self, view: LayerView, options: dict[str, Any]) -> Tensor:
+        """k_rev (C, L): the ``implicit_filter_rev`` MLP, modulated like the forward one."""
+        return self._filter(view, options, REV)
+
+    def _filter(self, view: LayerView, options: dict[str, Any], net: str) -> Tensor:
+        channels, length = self.shape(view, options, net)
+        idx = self._linears(view, net)
         l_max = self._l_max(view, options)
-        emb_dim = view.shape(f"implicit_filter.{idx[0]}.weight")[1]
+        emb_dim = view.shape(f"{net}.{idx[0]}.weight")[1]
         z, t_norm = positional_features(l_max, emb_dim)  # (l_max, E), (l_max, 1)
         if view.has("pos_emb.z"):
             z = view.get("pos_emb.z")[0]  # (l_max, E)
         if view.has("pos_emb.t"):
             t_norm = view.get("pos_emb.t")[0]  # (l_max, 1)
         a = z[:length]  # (L, E)
-        freqs = self._freqs(view, idx, options)
+        freqs = self._freqs(view, idx, options, net)
+        w_mod = float(options.get("w_mod", 1.0))
         for j, freq in zip(idx[:-1], freqs, strict=True):
-            a = a @ view.get(f"implicit_filter.{j}.weight").T  # (L, W)
-            if view.has(f"implicit_filter.{j}.bias"):
-                a = a + view.get(f"implicit_filter.{j}.bias")
-            a = torch.sin(freq.reshape(1, -1) * a)  # (L, W)
-        h = a @ view.get(f"implicit_filter.{idx[-1]}.weight").T  # (L, C)
-        if view.has(f"implicit_filter.{idx[-1]}.bias"):
-            h = h + view.get(f"implicit_filter.{idx[-1]}.bias")
+            a = a @ view.get(f"{net}.{j}.weight").T  # (L, W)
+            if view.has(f"{net}.{j}.bias"):
+                a = a + view.get(f"{net}.{j}.bias")
+            a = torch.sin(w_mod * freq.reshape(1, -1) * a)  # (L, W)
+        h = a @ view.get(f"{net}.{idx[-1]}.weight").T  # (L, C)
+        if view.has(f"{net}.{idx[-1]}.bias"):
+            h = h + view.get(f"{net}.{idx[-1]}.bias")
         if options["modulate"]:
             deltas = view.get("modulation.deltas").reshape(1, channels)  # (1, C)
             h = h * (torch.exp(-t_norm[:length] * deltas.abs()) + float(options["shift"]))

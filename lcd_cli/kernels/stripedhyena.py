@@ -40,9 +40,12 @@ class ModalKernel(Materializer):
         channels, _ = self._modes(view, options)
         return channels, resolve_length(view, None, options)
 
-    def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
-        channels, length = self.shape(view, options)
-        _, modes = self._modes(view, options)
+    def modes(self, view: LayerView, options: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        channels, modes = self._modes(view, options)
         p = from_pairs(view.get(options["poles"]).reshape(channels, modes, 2))  # (C, N)
         r = from_pairs(view.get(options["residues"]).reshape(channels, modes, 2))  # (C, N)
-        return modal_kernel(p, r, length)  # (C, L)
+        return p, r
+
+    def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
+        _, length = self.shape(view, options)
+        return modal_kernel(*self.modes(view, options), length)  # (C, L)

@@ -1,0 +1,378 @@
+"""`lcd distill` / `lcd verify` for STU checkpoints: one shared basis for every layer.
+
+Dimensions: L filter length, K filters, N basis modes, I/O features, C approx channels, T check
+length, B batch.
+
+Distilled layout ("stu-shared-basis-v1", recorded in the metadata key ``lcd_layout``):
+  - the phi buffer (option ``phi_key``) is removed when the checkpoint stores it;
+  - ``<basis>.poles`` (N, 2) float32 [real, imag] and ``<basis>.residues`` (K, N, 2) float32 are
+    added once, ``<basis>`` = the phi key's parent + ``stu_basis`` (``stu_basis`` for ``phi``):
+    phi_k[s] ~ Re sum_n R[k, n] p_n^s, and (-1)^s phi_k[s] ~ Re sum_n R[k, n] (-p_n)^s;
+  - every layer's M matrices are kept byte for byte (the runtime precomputes
+    W = sum_k R[k, n] M[k, ...], lcd_cli.stu.runtime).
+Metadata: ``lcd_stu_basis`` (the basis prefix), ``lcd_stu_phi`` (stored | recomputed),
+``lcd_stu_basis_poles`` (complex | real), plus the usual ``lcd_config`` / ``lcd_order``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from lcd_cli import __version__
+from lcd_cli.checkpoint import Checkpoint, OutEntry, atomic_output, sha256_files, write_safetensors
+from lcd_cli.errors import LcdError
+from lcd_cli.fit_shared import SharedFit, fit_shared
+from lcd_cli.layers import Layer, LayerView
+from lcd_cli.metrics import kernel_errors
+from lcd_cli.modal import from_pairs, to_pairs
+from lcd_cli.stu.filters import signed_basis, spectral_filters
+from lcd_cli.stu.layer import approx_forward, approx_kernels, exact_forward
+from lcd_cli.stu.runtime import STURecurrent
+
+if TYPE_CHECKING:
+    from lcd_cli.distill import DistillPlan
+
+LAYOUT = "stu-shared-basis-v1"
+BASIS_POLES = "poles"
+BASIS_RESIDUES = "residues"
+
+
+@dataclass
+class STUParams:
+    """One layer's parameters in float64, plus the basis phi (L, K) it uses."""
+
+    mode: str
+    phi: Tensor  # (L, K)
+    phi_stored: bool
+    m_plus: Tensor | None = None  # (K, I, O)
+    m_minus: Tensor | None = None  # (K, I, O)
+    m_inputs: Tensor | None = None  # (I, C)
+    m_filters: Tensor | None = None  # (K, C)
+
+
+def basis_prefix(phi_key: str) -> str:
+    """Where the shared basis goes: next to the phi buffer."""
+    parent = phi_key.rpartition(".")[0]
+    return f"{parent}.stu_basis" if parent else "stu_basis"
+
+
+def layer_params_shape(view: LayerView, options: dict[str, Any]) -> dict[str, Any]:
+    """Mode, K, I, O, channels and length from headers; LcdError on mis-shaped parameters."""
+    mode = options["mode"]
+    if mode == "exact":
+        sp = view.shape("M_phi_plus")
+        if len(sp) != 3:
+            raise LcdError(f"expected M_phi_plus of shape (K, d_in, d_out), got {list(sp)}",
+                           file=view.file, key=view.key("M_phi_plus"))
+        if view.has("M_phi_minus") and view.shape("M_phi_minus") != sp:
+            raise LcdError(f"M_phi_minus {list(view.shape('M_phi_minus'))} does not match "
+                           f"M_phi_plus {list(sp)}", file=view.file, key=view.key("M_phi_minus"))
+        if not view.has("M_phi_minus") and not options["use_hankel_l"]:
+            view.shape("M_phi_minus")  # raises: missing
+        k = sp[0]
+        channels = 2 * k if view.has("M_phi_minus") else k
+    else:
+        si, sf = view.shape("M_inputs"), view.shape("M_filters")
+        if len(si) != 2:
+            raise LcdError(f"expected M_inputs of shape (d_in, d_out), got {list(si)}",
+                           file=view.file, key=view.key("M_inputs"))
+        if len(sf) != 2 or sf[1] != si[1]:
+            raise LcdError(f"expected M_filters of shape (K, {si[1]}) (one column per projected "
+                           f"channel), got {list(sf)}", file=view.file, key=view.key("M_filters"))
+        k, channels = sf[0], si[1]
+    phi_key = options["phi_key"]
+    natural = None
+    if phi_key in view.ckpt:
+        shape = view.ckpt.info(phi_key).shape
+        if len(shape) != 2 or shape[1] != k:
+            raise LcdError(f"the stored phi has shape {list(shape)} but the layer's M matrices "
+                           f"have K={k}: expected ({'L'}, {k})", file=view.file, key=phi_key,
+                           hint="is it the right --family, or a checkpoint with swapped "
+                           "get_spectral_filters arguments?")
+        natural = shape[0]
+    want = options.get("length")
+    if natural is None and want is None:
+        raise LcdError(f"no stored phi buffer ('{phi_key}'), so the filter length is unknown",
+                       file=view.file, key=phi_key,
+                       hint="set --length (the model's seq_len) to recompute phi")
+    if want is not None and (want < 2 or (natural is not None and want > natural)):
+        raise LcdError(f"length {want} is out of range 2..{natural or 'inf'}", file=view.file,
+                       key=phi_key)
+    return {"mode": mode, "k": k, "channels": channels, "length": int(want or natural),
+            "phi_stored": natural is not None}
+
+
+def load_phi(view: LayerView, options: dict[str, Any], k: int, length: int) -> tuple[Tensor, bool]:
+    """phi (L, K) float64: the stored buffer (truncated to L) or recomputed; and whether stored."""
+    key = options["phi_key"]
+    if key in view.ckpt:
+        return view.ckpt.get(key, torch.float64)[:length].contiguous(), True
+    return spectral_filters(length, k, options["use_hankel_l"]), False
+
+
+def load_layer(view: LayerView, options: dict[str, Any], phi: Tensor | None = None) -> STUParams:
+    """The layer's M matrices (float64) and phi (given, else loaded or recomputed)."""
+    info = layer_params_shape(view, options)
+    stored = info["phi_stored"]
+    if phi is None:
+        phi, stored = load_phi(view, options, info["k"], info["length"])
+    if info["mode"] == "exact":
+        mm = view.get("M_phi_minus") if view.has("M_phi_minus") else None
+        return STUParams("exact", phi, stored, m_plus=view.get("M_phi_plus"), m_minus=mm)
+    return STUParams("approx", phi, stored, m_inputs=view.get("M_inputs"),
+                     m_filters=view.get("M_filters"))
+
+
+def runtime(params: STUParams, poles: Tensor, residues: Tensor,
+            dtype: torch.dtype = torch.float32) -> STURecurrent:
+    """The recurrent layer of these parameters on the basis (poles (N,), residues (K, N))."""
+    return STURecurrent(poles, residues, params.mode, m_plus=params.m_plus,
+                        m_minus=params.m_minus, m_inputs=params.m_inputs,
+                        m_filters=params.m_filters, dtype=dtype)
+
+
+def reference_forward(params: STUParams, u: Tensor) -> Tensor:
+    """The checkpoint's own convolution, float64: u (B, T, I) -> (B, T, O)."""
+    if params.mode == "exact":
+        assert params.m_plus is not None
+        return exact_forward(u, params.phi, params.m_plus, params.m_minus)
+    assert params.m_inputs is not None and params.m_filters is not None
+    return approx_forward(u, params.phi, params.m_inputs, params.m_filters)
+
+
+def modal_form(params: STUParams, poles: Tensor, residues: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The layer's kernels (as the materializer gives them) and their per-channel modal form:
+    h (C, L), poles (C, M), residues (C, M) complex (M = N or 2N)."""
+    k = params.phi.shape[1]
+    if params.mode == "exact":
+        h = signed_basis(params.phi)  # (2K, L)
+        p = torch.cat([poles[None].expand(k, -1), -poles[None].expand(k, -1)])  # (2K, N)
+        r = torch.cat([residues, residues])  # (2K, N)
+        if params.m_minus is None:
+            h, p, r = h[:k], p[:k], r[:k]
+        return h, p, r
+    assert params.m_filters is not None
+    h = approx_kernels(params.phi, params.m_filters)  # (C, L)
+    w = (residues.T @ params.m_filters.to(torch.complex128)).T  # (C, N)
+    c = w.shape[0]
+    p = torch.cat([poles, -poles])[None].expand(c, -1)  # (C, 2N)
+    return h, p, torch.cat([w, w], 1)
+
+
+# ----------------------------------------------------------------------------- distill
+
+
+def clean_target(phi: Tensor, use_hankel_l: bool) -> Tensor | None:
+    """The float64 recomputation of a stored phi (L, K), signs aligned to it, when it matches
+    the stored one to 1e-2 per filter (i.e. the stored phi is the standard one, rounded);
+    else None. Poles are placed on it: rounding noise (float32 / bf16 buffers) derails ERA."""
+    clean = spectral_filters(phi.shape[0], phi.shape[1], use_hankel_l)  # (L, K)
+    sign = torch.where((clean * phi).sum(0) < 0, -1.0, 1.0).to(clean.dtype)  # (K,)
+    clean = clean * sign
+    err = torch.linalg.vector_norm(clean - phi, dim=0) / torch.linalg.vector_norm(phi, dim=0)
+    return clean if bool((err < 1e-2).all()) else None
+
+
+def _fit(phi: Tensor, plan: DistillPlan, real: bool, seed: int,
+         target: Tensor | None) -> SharedFit:
+    h = phi.T.contiguous()  # (K, L)
+    tgt = None if target is None else target.T.contiguous()  # (K, L)
+    if plan.order is not None:
+        return fit_shared(h, plan.order, real=real, seed=seed, pole_target=tgt)
+    assert plan.tol is not None
+    best = fit_shared(h, plan.max_order, real=real, seed=seed, pole_target=tgt)
+    if float(best.rel_l2.max()) > plan.tol:
+        return best
+    lo, hi = 0, plan.max_order
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        res = fit_shared(h, mid, real=real, seed=seed, pole_target=tgt)
+        if float(res.rel_l2.max()) <= plan.tol:
+            hi, best = mid, res
+        else:
+            lo = mid
+    return best
+
+
+def run_stu_distill(plan: DistillPlan, ckpt: Checkpoint, *, seed: int, force: bool,
+                    command: str, on_layer: Any = None) -> dict[str, Any]:
+    """Fit the shared basis once, score every layer on it, write checkpoint and report."""
+    from lcd_cli.distill import LayerResult, _report
+
+    layers = [p.layer for p in plan.layers]
+    others = [la.prefix for la in layers if not is_stu(la)]
+    if others:
+        raise LcdError(f"STU layers cannot be distilled together with other families "
+                       f"({', '.join(others[:3])})", file=ckpt.source,
+                       hint="choose the STU config with --family")
+    opts = [la.config.options for la in layers]
+    keys = {(o["phi_key"], o["use_hankel_l"], o["basis"]) for o in opts}
+    if len(keys) != 1:
+        raise LcdError("the STU layers use different phi buffers or basis options",
+                       file=ckpt.source, hint="distill one STU config at a time (--family)")
+    phi_key, hankel_l, basis_kind = keys.pop()
+    first = LayerView(ckpt, layers[0])
+    info = layer_params_shape(first, opts[0])
+    start = time.perf_counter()
+    phi, stored = load_phi(first, opts[0], info["k"], info["length"])  # (L, K)
+    target = clean_target(phi, hankel_l) if stored else None  # (L, K)
+    fit = _fit(phi, plan, basis_kind == "real", seed, target)
+    fit_seconds = time.perf_counter() - start
+    poles = from_pairs(to_pairs(fit.poles))  # (N,) as stored
+    residues = from_pairs(to_pairs(fit.residues))  # (K, N) as stored
+    results = []
+    for planned in plan.layers:
+        t0 = time.perf_counter()
+        view = LayerView(ckpt, planned.layer)
+        shape = layer_params_shape(view, planned.layer.config.options)
+        if shape["k"] != info["k"] or shape["length"] != info["length"]:
+            raise LcdError(f"layer K={shape['k']}, L={shape['length']} differs from the first "
+                           f"STU layer's K={info['k']}, L={info['length']}", file=ckpt.source,
+                           key=planned.name)
+        params = load_layer(view, planned.layer.config.options, phi)
+        h, p, r = modal_form(params, poles, residues)
+        stats = kernel_errors(h, p, r, order=fit.order)
+        stats |= {"name": planned.name, "family": planned.layer.config.name,
+                  "channels": planned.channels, "length": planned.length, "order": fit.order,
+                  "method": f"shared-basis ({basis_kind} poles) era+vp-lm",
+                  "seconds": round(time.perf_counter() - t0 + fit_seconds / len(plan.layers), 3)}
+        if plan.tol is not None:
+            stats["tol_met"] = bool(stats["rel_l2"]["max"] <= plan.tol)
+        res = LayerResult(planned.name, to_pairs(fit.poles), to_pairs(fit.residues), stats)
+        results.append(res)
+        if on_layer:
+            on_layer(res)
+    prefix = basis_prefix(phi_key)
+    source_sha = sha256_files(ckpt.files)
+    metadata = {
+        **ckpt.metadata, "format": "pt", "lcd_version": __version__,
+        "lcd_family": ",".join(plan.configs), "lcd_layout": LAYOUT,
+        "lcd_order": json.dumps({r.name: r.stats["order"] for r in results}),
+        "lcd_source_sha256": source_sha, "lcd_config": json.dumps(plan.configs),
+        "lcd_stu_basis": prefix, "lcd_stu_phi": "stored" if stored else "recomputed",
+        "lcd_stu_basis_poles": basis_kind,
+    }
+    if plan.sharded:
+        raise LcdError("sharded STU checkpoints are not supported yet", file=ckpt.source,
+                       hint="merge the shards into one .safetensors file first")
+    entries = [OutEntry.copy(i) for i in ckpt.tensors.values() if i.name != phi_key]
+    entries += [OutEntry.tensor(f"{prefix}.{BASIS_POLES}", to_pairs(fit.poles)),
+                OutEntry.tensor(f"{prefix}.{BASIS_RESIDUES}", to_pairs(fit.residues))]
+    with atomic_output(plan.output, force=force) as tmp:
+        write_safetensors(tmp, entries, metadata)
+    report = _report(plan, results, command, source_sha, sha256_files([plan.output]), None, seed)
+    report["totals"]["ssm_params"] = 2 * fit.order * (1 + phi.shape[1])
+    report["basis"] = {
+        "layout": LAYOUT, "prefix": prefix, "phi": "stored" if stored else "recomputed",
+        "poles": basis_kind, "modes": fit.order, "states_per_branch": fit.states,
+        "filters": phi.shape[1], "length": phi.shape[0], "mse": fit.mse,
+        "rel_l2_max": float(fit.rel_l2.max()), "rel_l2_median": float(fit.rel_l2.median()),
+        "poles_fitted_on": "float64 recomputation (signs aligned)" if target is not None
+        else "the filters themselves", "seconds": round(fit_seconds, 3),
+    }
+    if not stored:
+        report["basis"]["caveat"] = (
+            "phi was recomputed (no stored buffer): eigenvector signs depend on the LAPACK "
+            "build, and the trained M matrices assume the training machine's signs")
+    with atomic_output(plan.report, force=force) as tmp:
+        tmp.write_text(yaml.safe_dump(report, sort_keys=False, width=100))
+    return report
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def read_basis(distilled: Checkpoint, k: int) -> tuple[Tensor, Tensor]:
+    """The stored basis: poles (N,) and residues (K, N) complex128; LcdError when mis-shaped."""
+    prefix = distilled.metadata.get("lcd_stu_basis", "stu_basis")
+    pk, rk = f"{prefix}.{BASIS_POLES}", f"{prefix}.{BASIS_RESIDUES}"
+    for key in (pk, rk):
+        if key not in distilled:
+            raise LcdError("the shared STU basis is missing", file=distilled.source, key=key)
+    ps, rs = distilled.info(pk).shape, distilled.info(rk).shape
+    if len(ps) != 2 or ps[1] != 2:
+        raise LcdError(f"expected basis poles of shape (N, 2), got {list(ps)}",
+                       file=distilled.source, key=pk)
+    if len(rs) != 3 or rs[0] != k or rs[1] != ps[0] or rs[2] != 2:
+        raise LcdError(f"expected basis residues of shape ({k}, {ps[0]}, 2), got {list(rs)}",
+                       file=distilled.source, key=rk)
+    poles = from_pairs(distilled.get(pk, torch.float64, finite=False))  # (N,)
+    residues = from_pairs(distilled.get(rk, torch.float64, finite=False))  # (K, N)
+    return poles, residues
+
+
+def _rel(y: Tensor, ref: Tensor) -> float:
+    num = float(torch.linalg.vector_norm(y.to(torch.float64) - ref))
+    den = float(torch.linalg.vector_norm(ref))
+    return num / den if den > 0 else num
+
+
+def verify_stu_layers(distilled: Checkpoint, ref: Checkpoint, layers: list[Layer], *, tol: float,
+                      length: int | None, seed: int, step_cap: int = 1024) -> list[dict[str, Any]]:
+    """Per layer: the float64 recurrence (step, prefill + step, scan) against the checkpoint's
+    convolution on seeded noise / smooth / step inputs; the float32 scan is reported too."""
+    from lcd_cli.verify_core import make_inputs
+
+    rows = []
+    phi = None
+    for layer in layers:
+        view = LayerView(ref, layer)
+        params = load_layer(view, layer.config.options, phi)
+        phi = params.phi
+        poles, residues = read_basis(distilled, phi.shape[1])
+        full = phi.shape[0]
+        t = min(length or full, full)
+        d_in = (params.m_plus.shape[1] if params.m_plus is not None
+                else params.m_inputs.shape[0])  # type: ignore[union-attr]
+        inputs = make_inputs(1, d_in, t, t, seed)  # kind -> (B, I, T)
+        u = torch.cat([x.transpose(1, 2) for x in inputs.values()])  # (3B, T, I)
+        y_ref = reference_forward(params, u)  # (3B, T, O)
+        finite = bool(torch.isfinite(poles).all() and torch.isfinite(residues).all())
+        errors: dict[str, float] = {}
+        if finite:
+            layer64 = runtime(params, poles, residues, torch.float64)
+            n_step = min(t, step_cap)
+            x = None
+            ys = []
+            for i in range(n_step):
+                y_t, x = layer64.step(u[:, i], x)
+                ys.append(y_t)
+            errors["step"] = _rel(torch.stack(ys, 1), y_ref[:, :n_step])
+            cut = t // 2
+            y_pre, x = layer64.prefill(u[:, :cut])
+            y_rest, _ = layer64.scan(u[:, cut:], x)
+            errors["prefill+scan"] = _rel(torch.cat([y_pre, y_rest], 1), y_ref)
+            errors["scan"] = _rel(layer64.scan(u)[0], y_ref)
+            f32 = _rel(runtime(params, poles, residues, torch.float32).scan(u)[0], y_ref)
+        else:
+            errors["scan"], f32 = float("inf"), float("inf")
+        worst = max(errors.values()) if all(v == v for v in errors.values()) else float("inf")
+        pole_abs = float(poles.abs().max())
+        reasons = []
+        if not finite or not all(torch.isfinite(torch.tensor(list(errors.values())))):
+            reasons.append("NaN/Inf")
+        if pole_abs >= 1:
+            reasons.append(f"unstable pole |p|={pole_abs:.6f}")
+        if not worst <= tol:
+            reasons.append(f"error {worst:.2e} > {tol:.1e}")
+        rows.append({"name": layer.prefix, "errors": errors, "worst": worst,
+                     "float32_scan": f32, "max_pole_abs": pole_abs, "finite": finite,
+                     "beyond_length": None, "length": t, "kernel_length": full,
+                     "step_tokens": min(t, step_cap), "seed": seed, "dtype": "float64",
+                     "passed": not reasons, "reason": "; ".join(reasons)})
+    return rows
+
+
+def is_stu(layer: Layer) -> bool:
+    return layer.config.materializer == "stu"
+
+
+__all__ = ["LAYOUT", "basis_prefix", "is_stu", "load_layer", "read_basis", "run_stu_distill",
+           "verify_stu_layers"]
