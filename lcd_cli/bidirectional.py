@@ -268,26 +268,6 @@ def _pad_pairs(poles: Tensor, residues: Tensor, order: int) -> tuple[Tensor, Ten
 # ---- verification -----------------------------------------------------------------------------
 
 
-def load_half(distilled: Checkpoint, prefix: str, names: tuple[str, str], D: Tensor | None,
-              channels: int) -> DiagonalSSM:
-    """One half of a distilled layer as a float64 DiagonalSSM (shapes checked)."""
-    keys = tuple(f"{prefix}.{n}" for n in names)
-    for key in keys:
-        if key not in distilled:
-            raise LcdError("the distilled layer is missing", file=distilled.source, key=key,
-                           hint="a non-causal layer needs both ssm.* and ssm_rev.* tensors")
-        shape = distilled.info(key).shape
-        if len(shape) != 3 or shape[0] != channels or shape[2] != 2:
-            raise LcdError(f"expected shape ({channels}, N, 2), got {list(shape)}",
-                           file=distilled.source, key=key)
-    if distilled.info(keys[0]).shape != distilled.info(keys[1]).shape:
-        raise LcdError("poles and residues have different shapes", file=distilled.source,
-                       key=keys[1])
-    poles = distilled.get(keys[0], torch.float64, finite=False)  # (C, N, 2)
-    residues = distilled.get(keys[1], torch.float64, finite=False)  # (C, N, 2)
-    return DiagonalSSM.from_pairs(poles, residues, D, dtype=torch.float64)
-
-
 def verify_two_sided_layer(distilled: Checkpoint, ref: Checkpoint, layer: Layer, *, tol: float,
                            length: int | None, seed: int, channels: int | None,
                            reported: dict[str, Any] | None) -> dict[str, Any]:
@@ -301,14 +281,16 @@ def verify_two_sided_layer(distilled: Checkpoint, ref: Checkpoint, layer: Layer,
     """
     from lcd_cli.distill import SSM_POLES, SSM_RESIDUES
     from lcd_cli.layers import materialize_two_sided
+    from lcd_cli.verify import load_ssm
     from lcd_cli.verify_core import INPUT_KINDS, even_channels, make_inputs, verify_layer
 
     k_fwd, k_rev, D_ref = materialize_two_sided(ref, layer)  # (C, L) each
     D = (distilled.get(layer.skip_key, torch.float64).reshape(-1)
          if layer.skip_key and layer.skip_key in distilled else D_ref)
     n_ch, kernel_len = k_fwd.shape
-    fwd = load_half(distilled, layer.prefix, (SSM_POLES, SSM_RESIDUES), D, n_ch)
-    rev = load_half(distilled, layer.prefix, (SSM_REV_POLES, SSM_REV_RESIDUES), None, n_ch)
+    hint = "a non-causal layer needs both ssm.* and ssm_rev.* tensors"
+    fwd = load_ssm(distilled, layer.prefix, D, n_ch, (SSM_POLES, SSM_RESIDUES), hint)
+    rev = load_ssm(distilled, layer.prefix, None, n_ch, (SSM_REV_POLES, SSM_REV_RESIDUES), hint)
     T = length or kernel_len
     checks = {"fwd": verify_layer(k_fwd, D, fwd, length=T, seed=seed, max_channels=channels),
               "rev": verify_layer(k_rev, None, rev, length=T, seed=seed, max_channels=channels)}

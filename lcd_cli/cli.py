@@ -221,9 +221,13 @@ def distill(
                 err.print(f"[bold]plan[/] {desc['source']} -> {desc['output']} "
                           f"(report {desc['report']})")
                 for la in desc["layers"]:
-                    err.print(f"  {la['name']}  [{la['family']}] C={la['channels']} "
-                              f"L={la['length']}  remove {', '.join(la['remove'])}; add "
-                              f"{', '.join(la['add'])}", highlight=False)
+                    err.print(f"  {la['name']}  ({la['family']}) C={la['channels']} "
+                              f"L={la['length']}  remove {', '.join(la['remove']) or '-'}; add "
+                              f"{', '.join(la['add']) or '-'}", highlight=False, markup=False)
+                if "shared" in desc:
+                    err.print(f"  shared by all layers: remove {', '.join(desc['shared']['remove'])}"
+                              f" (if stored); add {', '.join(desc['shared']['add'])}",
+                              highlight=False, markup=False)
                 for s in desc["skipped"]:
                     err.print(f"  {s['name']}  skipped: {s['reason']}", highlight=False)
             return
@@ -326,7 +330,9 @@ def _verify_summary(result: dict[str, Any]) -> None:
 @app.command()
 def example(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="hyenadna, stripedhyena or long-conv.")],
+    name: Annotated[str, typer.Argument(help=(
+        "hyenadna, stripedhyena, long-conv, evo2 (SE/MR/LI + attention), m2, long-conv-bidir, "
+        "tnn, tnn-bidir, s4d, s4-diag, s4-dplr, h3, stu or stu-approx."))],
     output: Annotated[Path, typer.Option("--output", "-o", help="File (or folder with --shards).")],
     seed: Annotated[int, typer.Option(help="Seed of the weights.")] = 0,
     dtype: Annotated[str, typer.Option(help="fp32, fp16, bf16 or fp64.")] = "fp32",

@@ -74,6 +74,18 @@ class DistillPlan:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
+        stu = [p for p in self.layers if p.layer.config.materializer == "stu"]
+        if stu:  # one shared basis replaces the phi buffer; the layers' tensors are kept
+            from lcd_cli.stu.distill import planned_keys
+
+            remove, add = planned_keys(stu[0].layer.config.options)
+            return {"source": str(self.source), "output": str(self.output),
+                    "report": str(self.report), "order": self.order, "tol": self.tol,
+                    "max_order": self.max_order,
+                    "layers": [{"name": p.name, "family": p.layer.config.name,
+                                "channels": p.channels, "length": p.length, "remove": [],
+                                "add": []} for p in stu],
+                    "shared": {"remove": remove, "add": add}, "skipped": self.skipped}
         return {
             "source": str(self.source),
             "output": str(self.output),
@@ -142,6 +154,10 @@ def plan_distill(
     if not layers:
         raise LcdError("no layer to distill (every layer found is marked distill: false)",
                        file=ckpt.source)
+    if any(p.layer.config.materializer == "stu" for p in layers):
+        from lcd_cli.stu.distill import check_stu_plan
+
+        check_stu_plan(ckpt, [p.layer for p in layers])  # before any tensor is loaded
     out_default, report_default = default_outputs(ckpt.source, ckpt.sharded)
     output = Path(output) if output else out_default
     report = Path(report) if report else report_default

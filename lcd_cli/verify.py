@@ -60,12 +60,16 @@ def _load_report(distilled: Checkpoint, report: Path | None) -> dict[str, Any] |
     return doc
 
 
-def _ssm(distilled: Checkpoint, prefix: str, D: torch.Tensor | None,
-         channels: int) -> DiagonalSSM:
-    keys = (f"{prefix}.{SSM_POLES}", f"{prefix}.{SSM_RESIDUES}")
+def load_ssm(distilled: Checkpoint, prefix: str, D: torch.Tensor | None, channels: int,
+             names: tuple[str, str] = (SSM_POLES, SSM_RESIDUES),
+             hint: str | None = None) -> DiagonalSSM:
+    """A distilled layer's ``<prefix>.<names>`` poles / residues as a float64 DiagonalSSM,
+    shapes checked against the reference's channel count."""
+    keys = (f"{prefix}.{names[0]}", f"{prefix}.{names[1]}")
     for key in keys:
         if key not in distilled:
-            raise LcdError("the distilled layer is missing", file=distilled.source, key=key)
+            raise LcdError("the distilled layer is missing", file=distilled.source, key=key,
+                           hint=hint)
         shape = distilled.info(key).shape
         if len(shape) != 3 or shape[0] != channels or shape[2] != 2:
             raise LcdError(f"expected shape ({channels}, N, 2), got {list(shape)}",
@@ -119,7 +123,7 @@ def verify_checkpoint(
                 h, D_ref = materialize(ref, layer)  # (C, L)
                 D = (distilled.get(layer.skip_key, torch.float64).reshape(-1)
                      if layer.skip_key and layer.skip_key in distilled else D_ref)
-                ssm = _ssm(distilled, layer.prefix, D, h.shape[0])
+                ssm = load_ssm(distilled, layer.prefix, D, h.shape[0])
                 T = length or h.shape[1]
                 check = verify_layer(h, D, ssm, length=T, seed=seed, max_channels=channels)
                 row = {"name": layer.prefix, **check.to_dict()}

@@ -4,7 +4,8 @@ Recomputes phi (L, K) by float64 eigh (upstream get_spectral_filters), then fits
 with one shared pole set at each total state (both sign branches: state = 2 x real states of
 one branch) with real poles and with complex modes, and reports per fit: MSE over K x L (the
 SpectraLDS measure), max per-filter relative l2, the same for float32-rounded stored
-parameters, the float32 step-by-step recurrence error, and fit seconds.
+parameters, the float32 step-by-step recurrence error (float32 parameters), the float64
+recurrence error of the float64 parameters, the largest |residue|, and fit seconds (float64 fit).
 
 Usage: OMP_NUM_THREADS=1 python scripts/stu_basis.py [--length 8192] [--k 24]
        [--states 40 80 160] [--json out.json] [--phi-cache phi.pt]
@@ -20,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-from lcd_cli.fit_shared import fit_shared, float32_recurrence_error
+from lcd_cli.fit_shared import (
+    fit_shared,
+    float32_recurrence_error,
+    recurrence_impulse,
+    rel_l2,
+)
 from lcd_cli.stu.filters import spectral_filters
 
 
@@ -50,7 +56,8 @@ def main() -> None:
           flush=True)
     rows = []
     head = (f"{'state':>5} {'poles':>7} {'N':>3} {'mse f64':>9} {'max rel f64':>11} "
-            f"{'mse f32':>9} {'max rel f32':>11} {'rec f32':>9} {'s':>6}")
+            f"{'mse f32':>9} {'max rel f32':>11} {'rec f32':>9} {'rec f64':>9} {'|R| f64':>8} "
+            f"{'|R| f32':>8} {'s':>6}")
     print(head)
     for state in args.states:
         per_branch = state // 2
@@ -59,16 +66,22 @@ def main() -> None:
             f64 = fit_shared(h, n, real=real, float32=False, normalize=args.normalize)
             f32 = fit_shared(h, n, real=real, float32=True, normalize=args.normalize)
             rec = float(float32_recurrence_error(h, f32).max())
+            rec64 = float(rel_l2(h, recurrence_impulse(f64.poles, f64.residues, h.shape[1],
+                                                       torch.float64)).max())
             row = {"state": state, "poles": "real" if real else "complex", "order": n,
                    "mse_f64": f64.mse, "max_rel_f64": float(f64.rel_l2.max()),
                    "median_rel_f64": float(f64.rel_l2.median()),
                    "mse_f32": f32.mse, "max_rel_f32": float(f32.rel_l2.max()),
-                   "recurrence_f32_max_rel": rec, "seconds_f64": f64.seconds,
+                   "recurrence_f32_max_rel": rec, "recurrence_f64_max_rel": rec64,
+                   "max_abs_residue_f64": float(f64.residues.abs().max()),
+                   "max_abs_residue_f32": float(f32.residues.abs().max()),
+                   "seconds_f64": f64.seconds,
                    "seconds_f32": f32.seconds}
             rows.append(row)
             print(f"{state:>5} {row['poles']:>7} {n:>3} {row['mse_f64']:9.2e} "
                   f"{row['max_rel_f64']:11.2e} {row['mse_f32']:9.2e} {row['max_rel_f32']:11.2e} "
-                  f"{rec:9.2e} {f64.seconds:6.1f}", flush=True)
+                  f"{rec:9.2e} {rec64:9.2e} {row['max_abs_residue_f64']:8.1e} "
+                  f"{row['max_abs_residue_f32']:8.1e} {f64.seconds:6.1f}", flush=True)
     print("anchor SpectraLDS: state 160 (real poles), MSE 7.7e-19 in float64")
     if args.json:
         with open(args.json, "w") as fh:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,12 @@ def test_corrupt_checkpoint_via_cli(tmp_path: Path) -> None:
     result = lcd("distill", bad, "--order", "4")
     assert result.exit_code == 2 and "not valid JSON" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+def test_example_help_names_every_example() -> None:
+    from lcd_cli.examples import EXAMPLES
+
+    result = lcd("example", "--help")
+    words = set(re.split(r"[\s,.():│]+", result.output))  # rich wraps and boxes the help
+    missing = [name for name in EXAMPLES if name not in words]
+    assert not missing, f"`lcd example --help` does not name {missing}"

@@ -313,3 +313,20 @@ def test_verify_rejects_misshaped_basis(tmp_path: Path) -> None:
     save_file(tensors, out, metadata=meta)
     res = lcd("verify", out, "--reference", path)
     assert res.exit_code == 2 and "stu_basis.residues" in res.output
+
+
+def test_dry_run_shows_the_shared_basis_and_sharded_input_fails_early(tmp_path: Path) -> None:
+    import json
+
+    path = write_stu(tmp_path)
+    res = lcd("distill", path, "--order", 8, "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert plan["shared"] == {"remove": ["phi"],
+                              "add": ["stu_basis.poles", "stu_basis.residues"]}
+    assert all(la["add"] == [] and la["remove"] == [] for la in plan["layers"])
+    sharded = tmp_path / "sharded"
+    write_example(make_example("stu", seed=0, **SMALL_STU), sharded, shards=2)
+    res = lcd("distill", sharded, "--order", 8)
+    assert res.exit_code == 2 and "sharded STU" in res.output
+    assert not (tmp_path / "sharded-lcd").exists()

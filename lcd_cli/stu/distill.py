@@ -201,23 +201,40 @@ def _fit(phi: Tensor, plan: DistillPlan, real: bool, seed: int,
     return best
 
 
+def planned_keys(options: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Keys a distillation removes (the phi buffer, where stored) and adds (the basis)."""
+    prefix = basis_prefix(options["phi_key"])
+    return ([options["phi_key"]],
+            [f"{prefix}.{BASIS_POLES}", f"{prefix}.{BASIS_RESIDUES}"])
+
+
+def check_stu_plan(ckpt: Checkpoint, layers: list[Layer]) -> None:
+    """What an STU distillation cannot do, found from headers (before any fitting)."""
+    others = [la.prefix for la in layers if not is_stu(la)]
+    if others:
+        raise LcdError(f"STU layers cannot be distilled together with other families "
+                       f"({', '.join(others[:3])})", file=ckpt.source,
+                       hint="choose the STU config with --family")
+    keys = {(o["phi_key"], o["use_hankel_l"], o["basis"])
+            for o in (la.config.options for la in layers)}
+    if len(keys) != 1:
+        raise LcdError("the STU layers use different phi buffers or basis options",
+                       file=ckpt.source, hint="distill one STU config at a time (--family)")
+    if ckpt.sharded:
+        raise LcdError("sharded STU checkpoints are not supported yet", file=ckpt.source,
+                       hint="merge the shards into one .safetensors file first")
+
+
 def run_stu_distill(plan: DistillPlan, ckpt: Checkpoint, *, seed: int, force: bool,
                     command: str, on_layer: Any = None) -> dict[str, Any]:
     """Fit the shared basis once, score every layer on it, write checkpoint and report."""
     from lcd_cli.distill import LayerResult, _report
 
     layers = [p.layer for p in plan.layers]
-    others = [la.prefix for la in layers if not is_stu(la)]
-    if others:
-        raise LcdError(f"STU layers cannot be distilled together with other families "
-                       f"({', '.join(others[:3])})", file=ckpt.source,
-                       hint="choose the STU config with --family")
+    check_stu_plan(ckpt, layers)
     opts = [la.config.options for la in layers]
-    keys = {(o["phi_key"], o["use_hankel_l"], o["basis"]) for o in opts}
-    if len(keys) != 1:
-        raise LcdError("the STU layers use different phi buffers or basis options",
-                       file=ckpt.source, hint="distill one STU config at a time (--family)")
-    phi_key, hankel_l, basis_kind = keys.pop()
+    phi_key, hankel_l, basis_kind = (opts[0]["phi_key"], opts[0]["use_hankel_l"],
+                                     opts[0]["basis"])
     first = LayerView(ckpt, layers[0])
     info = layer_params_shape(first, opts[0])
     start = time.perf_counter()
@@ -259,9 +276,6 @@ def run_stu_distill(plan: DistillPlan, ckpt: Checkpoint, *, seed: int, force: bo
         "lcd_stu_basis": prefix, "lcd_stu_phi": "stored" if stored else "recomputed",
         "lcd_stu_basis_poles": basis_kind,
     }
-    if plan.sharded:
-        raise LcdError("sharded STU checkpoints are not supported yet", file=ckpt.source,
-                       hint="merge the shards into one .safetensors file first")
     entries = [OutEntry.copy(i) for i in ckpt.tensors.values() if i.name != phi_key]
     entries += [OutEntry.tensor(f"{prefix}.{BASIS_POLES}", to_pairs(fit.poles)),
                 OutEntry.tensor(f"{prefix}.{BASIS_RESIDUES}", to_pairs(fit.residues))]

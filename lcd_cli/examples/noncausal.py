@@ -11,13 +11,10 @@ import math
 import torch
 from torch import Tensor
 
-Tensors = dict[str, Tensor]
+from lcd_cli.examples.weights import Tensors
+from lcd_cli.examples.weights import uniform as _uniform
+
 _F64 = torch.float64
-
-
-def _uniform(g: torch.Generator, *shape: int, fan_in: int) -> Tensor:
-    bound = 1 / math.sqrt(fan_in)
-    return (torch.rand(*shape, generator=g, dtype=_F64) * 2 - 1) * bound
 
 
 def _hyena_filter(g: torch.Generator, f: str, d_model: int, l_max: int, emb_dim: int,

@@ -12,15 +12,11 @@ import math
 import torch
 from torch import Tensor
 
+from lcd_cli.examples.weights import Tensors
+from lcd_cli.examples.weights import uniform as _uniform
 from lcd_cli.kernels import s4_dplr
 
-Tensors = dict[str, Tensor]
 F64 = torch.float64
-
-
-def _uniform(g: torch.Generator, *shape: int, fan_in: int) -> Tensor:
-    bound = 1 / math.sqrt(fan_in)
-    return (torch.rand(*shape, generator=g, dtype=F64) * 2 - 1) * bound
 
 
 def _log_dt(g: torch.Generator, heads: int) -> Tensor:

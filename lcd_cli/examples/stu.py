@@ -16,9 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from lcd_cli.examples.weights import Tensors
 from lcd_cli.stu.filters import spectral_filters
-
-Tensors = dict[str, Tensor]
 
 
 def _xavier(g: torch.Generator, *shape: int, fan_in: int, fan_out: int) -> Tensor:
