@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from lcd_cli.cli import app
 from lcd_cli.examples import make_example, write_example
 
 # Sizes small enough for fast tests, with awkward lengths.
@@ -30,3 +33,17 @@ def write_ckpt(tmp_path: Path) -> Callable[..., Path]:
         return files[0]
 
     return write
+
+
+def lcd(*args: object) -> object:
+    """Run the CLI in-process; a traceback in the output is always a test failure."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def rel(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """Relative l2 error ||a - b|| / ||b|| of real arrays, computed in float64."""
+    a_t = torch.as_tensor(a, dtype=torch.float64)
+    b_t = torch.as_tensor(b, dtype=torch.float64)
+    return float((a_t - b_t).norm() / b_t.norm().clamp_min(1e-300))

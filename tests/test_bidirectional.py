@@ -13,19 +13,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from lcd_cli.bidirectional import BidirectionalSSM, _pad_pairs, two_sided_conv
 from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.cli import app
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.kernels import MATERIALIZERS
 from lcd_cli.layers import LayerView, materialize_two_sided, select_configs
 from lcd_cli.ssm import DiagonalSSM
+from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
-runner = CliRunner()
 # Small examples (awkward lengths) for the CLI tests.
 SMALL = {"m2": {"d_model": 3, "n_layers": 1, "l_max": 67, "width": 16},
          "long-conv-bidir": {"d_model": 3, "n_layers": 1, "length": 141, "channels": 2}}
@@ -35,15 +33,8 @@ FAMILY = {"m2": "m2-bert", "long-conv-bidir": "safari-long-conv-bidir"}
 VERIFY_TOL = {"m2": [], "long-conv-bidir": ["--tol", "0.1"]}
 
 
-def rel(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def lcd(*args: object) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def direct_two_sided(u: np.ndarray, k_fwd: np.ndarray, k_rev: np.ndarray,

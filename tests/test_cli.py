@@ -13,23 +13,17 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.cli import app
 from lcd_cli.layers import materialize, select_configs
+from tests.conftest import lcd
 
-runner = CliRunner()
 FAMILY = {"hyenadna": "hyenadna-hf", "stripedhyena": "stripedhyena", "long-conv": "safari-long-conv"}
 # (channels, length) of the tests' small examples (tests/conftest.py SMALL), stripedhyena at -L 96.
 SHAPE = {"hyenadna": (8, 203), "stripedhyena": (6, 96), "long-conv": (10, 157)}
 LENGTH_ARGS = {"stripedhyena": ["--length", "96"]}
 
 
-def lcd(*args: str) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def sha(path: Path) -> str:

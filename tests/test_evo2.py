@@ -12,14 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from typer.testing import CliRunner
 
 from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.cli import app
 from lcd_cli.config import parse_config, shape_matches
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.layers import layer_summary, materialize, select_configs
+from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
 # Small Evo 2: C = 12 channels in G = 4 groups (3 channels per row), 7 blocks SE MR LI ATT SE MR LI.
@@ -27,18 +26,10 @@ SIZES = {"d_model": 12, "groups": 4, "heads": 2}
 KINDS = {"evo2-se": ["blocks.0.filter", "blocks.4.filter"],
          "evo2-mr": ["blocks.1.filter", "blocks.5.filter"],
          "evo2-li": ["blocks.2.filter", "blocks.6.filter"]}
-runner = CliRunner()
 
 
-def lcd(*args: object) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
-def rel(a: torch.Tensor | np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def layers_by_prefix(path: Path, length: int | None = None) -> tuple[object, dict]:

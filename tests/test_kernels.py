@@ -13,14 +13,11 @@ import torch
 from lcd_cli.checkpoint import open_checkpoint
 from lcd_cli.examples import make_example
 from lcd_cli.layers import materialize, select_configs
-from tests.conftest import SMALL
+from tests.conftest import SMALL, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
 
 
-def rel(a: torch.Tensor, b: np.ndarray) -> float:
-    b_t = torch.as_tensor(b, dtype=torch.float64)
-    return float((a - b_t).norm() / b_t.norm().clamp_min(1e-300))
 
 
 def layers_of(path: Path, **kw: object) -> list:

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
 from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.cli import app
 from lcd_cli.config import parse_config
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
@@ -21,6 +19,7 @@ from lcd_cli.fit import fit_modal
 from lcd_cli.kernels import MATERIALIZERS
 from lcd_cli.layers import LayerView, generator_info, materialize, select_configs
 from lcd_cli.modal import modal_kernel
+from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
 # Sizes small enough for fast tests (N_src = d_state, N_src / 2 stored modes).
@@ -31,17 +30,10 @@ SMALL = {
     "h3": {"d_model": 4, "n_layers": 3, "d_state": 16},
 }
 FAMILIES = {"s4d": ["s4d"], "s4-diag": ["s4"], "s4-dplr": ["s4"], "h3": ["h3", "h3-shift"]}
-runner = CliRunner()
 
 
-def lcd(*args: object) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
-def rel(a: torch.Tensor, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.numpy() - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def pairs(t: torch.Tensor) -> np.ndarray:

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.cli import app
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.fit_shared import fit_shared, shared_kernel
@@ -20,18 +18,14 @@ from lcd_cli.layers import materialize, select_configs
 from lcd_cli.stu.filters import spectral_filters
 from lcd_cli.stu.layer import approx_forward, exact_forward
 from lcd_cli.stu.runtime import STURecurrent
+from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # float64 implementations of the same formula
 F32_FLOOR = 2e-5  # float32 recurrence on a well-conditioned basis
 EIG_FLOOR = 1e-9  # eigenvectors from two LAPACK calls (well-separated eigenvalues)
 SMALL_STU = {"d_model": 4, "n_layers": 3, "seq_len": 150, "k": 6}
-runner = CliRunner()
 
 
-def rel(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    a_t = torch.as_tensor(a, dtype=torch.float64)
-    b_t = torch.as_tensor(b, dtype=torch.float64)
-    return float((a_t - b_t).norm() / b_t.norm().clamp_min(1e-300))
 
 
 def naive_phi(length: int, k: int, hankel_l: bool = False) -> np.ndarray:
@@ -269,10 +263,6 @@ def test_bad_approx_filters_shape(tmp_path: Path) -> None:
     assert err.value.key == "layers.0.stu.M_filters"
 
 
-def lcd(*args: object) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 @pytest.mark.parametrize("name", ["stu", "stu-approx"])

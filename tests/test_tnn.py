@@ -9,33 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from lcd_cli.baselines import etsc_modes, fit_etsc
 from lcd_cli.bidirectional import two_sided_conv
 from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.cli import app
 from lcd_cli.config import load_builtin, parse_config
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.kernels import MATERIALIZERS
 from lcd_cli.layers import LayerView, find_layers
+from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
-runner = CliRunner()
 SMALL = {"embed_dim": 8, "n_layers": 1, "heads": 2, "rpe_dim": 6, "rpe_layers": 2}
 PREFIX = "decoder.layers.0.token_mixer.toep"
 
 
-def rel(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def lcd(*args: object) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def naive_rpe(t: dict[str, torch.Tensor], pos: float, act: str = "relu") -> np.ndarray:

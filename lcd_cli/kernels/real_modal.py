@@ -27,28 +27,7 @@ from lcd_cli.errors import LcdError
 from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
 from lcd_cli.kernels.grouped_taps import group_channels
 from lcd_cli.layers import LayerView
-
-_CHUNK_ELEMENTS = 1 << 22  # bound on G * N * (time steps) evaluated at once
-
-
-def real_modal_kernel(log_poles: Tensor, residues: Tensor, length: int) -> Tensor:
-    """h[g, t] = sum_n R[g, n] exp(log_poles[g, n] t) for t < length, in chunks of time.
-
-    Args:
-        log_poles: (G, N) real.
-        residues: (G, N) real.
-        length: L.
-    Returns:
-        (G, L) in the inputs' dtype.
-    """
-    g, n = log_poles.shape
-    out = torch.empty(g, length, dtype=log_poles.dtype)  # (G, L)
-    step = max(1, _CHUNK_ELEMENTS // max(1, g * n))
-    for start in range(0, length, step):
-        t = torch.arange(start, min(length, start + step), dtype=log_poles.dtype)  # (T,)
-        modes = torch.exp(log_poles[..., None] * t)  # (G, N, T)
-        out[:, start : start + t.numel()] = (residues[..., None] * modes).sum(1)  # (G, T)
-    return out
+from lcd_cli.modal import modal_kernel
 
 
 class RealModalKernel(Materializer):
@@ -83,7 +62,7 @@ class RealModalKernel(Materializer):
         channels = group_channels(view, rows, options["log_poles"])
         return channels, resolve_length(view, None, options)
 
-    def modes(self, view: LayerView, options: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+    def modes(self, view: LayerView, options: dict[str, Any]) -> tuple[Tensor, Tensor]:
         channels, _ = self.shape(view, options)
         rows, modes = self._modes(view, options)
         log_poles = view.get(options["log_poles"]).reshape(rows, modes)  # (G, N)
@@ -94,9 +73,6 @@ class RealModalKernel(Materializer):
                 residues.to(torch.complex128).repeat_interleave(per, dim=0))  # (C, N) each
 
     def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
-        channels, length = self.shape(view, options)
-        rows, modes = self._modes(view, options)
-        log_poles = view.get(options["log_poles"]).reshape(rows, modes)  # (G, N)
-        residues = view.get(options["residues"]).reshape(rows, modes)  # (G, N)
-        h = real_modal_kernel(log_poles, residues, length)  # (G, L)
-        return h.repeat_interleave(channels // rows, dim=0)  # (C, L)
+        _, length = self.shape(view, options)
+        poles, residues = self.modes(view, options)  # (C, N) each
+        return modal_kernel(poles, residues, length)  # (C, L): Re of a real sum
