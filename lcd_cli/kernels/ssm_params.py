@@ -129,6 +129,15 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> list[str]:
 class _DiagonalSSM(Materializer):
     """Shared shape logic: subclasses return (dt, A, BC, disc) for the kernel."""
 
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # string options -> allowed values
+
+    def check_options(self, given: dict[str, Any]) -> list[str]:
+        problems = super().check_options(given)
+        for key, allowed in self.choices.items():
+            if isinstance(given.get(key), str):
+                problems += _choice(key, given[key], allowed)
+        return problems
+
     def _dims(self, view: LayerView) -> tuple[int, int, int]:
         """(C, H, N) from shapes; raises LcdError on any mis-shaped parameter."""
         raise NotImplementedError
@@ -191,14 +200,9 @@ class S4Kernel(_DiagonalSSM):
         "length": ((int, type(None)), None),
     }
 
-    def check_options(self, given: dict[str, Any]) -> list[str]:
-        problems = super().check_options(given)
-        if isinstance(given.get("disc"), str):
-            problems += _choice("disc", given["disc"], DISCRETIZATIONS)
-        for key in ("dt_transform", "real_transform", "imag_transform"):
-            if isinstance(given.get(key), str):
-                problems += _choice(key, given[key], TRANSFORMS)
-        return problems
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "disc": DISCRETIZATIONS, "dt_transform": TRANSFORMS, "real_transform": TRANSFORMS,
+        "imag_transform": TRANSFORMS}
 
     def _dims(self, view: LayerView) -> tuple[int, int, int]:
         channels, heads, modes, _ = _check(view, "C", (None, None, None, 2), "(C, H, N, 2)")
@@ -320,13 +324,8 @@ class H3Kernel(_DiagonalSSM):
         "length": ((int, type(None)), None),
     }
 
-    def check_options(self, given: dict[str, Any]) -> list[str]:
-        problems = super().check_options(given)
-        if isinstance(given.get("disc"), str):
-            problems += _choice("disc", given["disc"], DISCRETIZATIONS)
-        if isinstance(given.get("real_type"), str):
-            problems += _choice("real_type", given["real_type"], TRANSFORMS)
-        return problems
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "disc": DISCRETIZATIONS, "real_type": TRANSFORMS}
 
     def _dims(self, view: LayerView) -> tuple[int, int, int]:
         (heads,) = _check(view, "log_dt", (None,), "(H)")
