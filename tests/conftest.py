@@ -47,3 +47,14 @@ def rel(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     a_t = torch.as_tensor(a, dtype=torch.float64)
     b_t = torch.as_tensor(b, dtype=torch.float64)
     return float((a_t - b_t).norm() / b_t.norm().clamp_min(1e-300))
+
+
+def naive_modal(poles: np.ndarray, residues: np.ndarray, length: int) -> np.ndarray:
+    """Reference modal kernel h[c, t] = Re sum_n R p^t by repeated multiplication, from complex
+    (C, N) arrays."""
+    out = np.zeros((poles.shape[0], length))
+    power = np.ones_like(poles)
+    for t in range(length):
+        out[:, t] = (residues * power).sum(-1).real
+        power = power * poles
+    return out

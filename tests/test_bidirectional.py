@@ -21,7 +21,7 @@ from lcd_cli.examples import make_example, write_example
 from lcd_cli.kernels import MATERIALIZERS
 from lcd_cli.layers import LayerView, materialize_two_sided, select_configs
 from lcd_cli.ssm import DiagonalSSM
-from tests.conftest import lcd, rel
+from tests.conftest import lcd, naive_modal, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
 # Small examples (awkward lengths) for the CLI tests.
@@ -73,13 +73,6 @@ def random_ssm(channels: int, order: int, seed: int) -> tuple[np.ndarray, np.nda
     return poles, residues
 
 
-def naive_modal(poles: np.ndarray, residues: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros((poles.shape[0], length))
-    power = np.ones_like(poles)
-    for t in range(length):
-        out[:, t] = (residues * power).sum(-1).real
-        power = power * poles
-    return out
 
 
 # ---- reference and runtime ------------------------------------------------------------------

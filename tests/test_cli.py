@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from lcd_cli.checkpoint import open_checkpoint
 from lcd_cli.layers import materialize, select_configs
-from tests.conftest import lcd
+from tests.conftest import lcd, naive_modal
 
 FAMILY = {"hyenadna": "hyenadna-hf", "stripedhyena": "stripedhyena", "long-conv": "safari-long-conv"}
 # (channels, length) of the tests' small examples (tests/conftest.py SMALL), stripedhyena at -L 96.
@@ -31,16 +31,6 @@ def sha(path: Path) -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.is_file())).hexdigest()
 
 
-def naive_modal(poles: np.ndarray, residues: np.ndarray, length: int) -> np.ndarray:
-    """h[c, t] = Re sum_n R p^t from (C, N, 2) pairs, by repeated multiplication."""
-    p = poles[..., 0] + 1j * poles[..., 1]
-    r = residues[..., 0] + 1j * residues[..., 1]
-    out = np.zeros((p.shape[0], length))
-    power = np.ones_like(p)
-    for t in range(length):
-        out[:, t] = (r * power).sum(-1).real
-        power = power * p
-    return out
 
 
 @pytest.mark.parametrize("name", ["hyenadna", "stripedhyena", "long-conv"])
@@ -90,7 +80,8 @@ def test_distill_writes_what_it_reports(write_ckpt, tmp_path: Path, name: str) -
         residues = written[f"{layer.prefix}.ssm.residues"]
         assert poles.dtype == torch.float32 and poles.shape == (SHAPE[name][0], 6, 2)
         h, _ = materialize(ckpt, layer)
-        h_hat = naive_modal(poles.double().numpy(), residues.double().numpy(), h.shape[1])
+        pairs = poles.double().numpy(), residues.double().numpy()  # (C, N, 2) each
+        h_hat = naive_modal(*(x[..., 0] + 1j * x[..., 1] for x in pairs), h.shape[1])
         rel = np.linalg.norm(h.numpy() - h_hat, axis=1) / np.linalg.norm(h.numpy(), axis=1)
         assert row["rel_l2"]["max"] == pytest.approx(rel.max(), rel=1e-6, abs=1e-12)
         assert row["rel_l2"]["median"] == pytest.approx(np.median(rel), rel=1e-6, abs=1e-12)

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from lcd_cli.examples.weights import Tensors
+from lcd_cli.examples.weights import Tensors, linear
 from lcd_cli.examples.weights import uniform as _uniform
 from lcd_cli.kernels import s4_dplr
 
@@ -51,8 +51,7 @@ def s4d(g: torch.Generator, d_model: int = 32, n_layers: int = 2, d_state: int =
         d_input: int = 3, d_output: int = 10) -> Tensors:
     """state-spaces/s4 example.py S4Model of S4D layers (s4_layers.{i}.kernel.*)."""
     modes = d_state // 2
-    out: Tensors = {"encoder.weight": _uniform(g, d_model, d_input, fan_in=d_input),
-                    "encoder.bias": _uniform(g, d_model, fan_in=d_input)}
+    out: Tensors = linear(g, "encoder", d_model, d_input)  # S4Model (example.py) wrapper
     for i in range(n_layers):
         b = f"s4_layers.{i}"
         real, imag = _s4d_lin(g, d_model, modes)
@@ -67,8 +66,7 @@ def s4d(g: torch.Generator, d_model: int = 32, n_layers: int = 2, d_state: int =
             f"norms.{i}.weight": torch.ones(d_model, dtype=F64),
             f"norms.{i}.bias": torch.zeros(d_model, dtype=F64),
         }
-    out |= {"decoder.weight": _uniform(g, d_output, d_model, fan_in=d_model),
-            "decoder.bias": _uniform(g, d_output, fan_in=d_model)}
+    out |= linear(g, "decoder", d_output, d_model)
     return out
 
 
@@ -105,8 +103,7 @@ def s4(g: torch.Generator, d_model: int = 32, n_layers: int = 2, d_state: int = 
     l_kernel = l_max; else SSMKernelDiag with S4D-Lin init. dt_transform 'exp'.
     """
     modes = d_state // 2
-    out: Tensors = {"encoder.weight": _uniform(g, d_model, d_input, fan_in=d_input),
-                    "encoder.bias": _uniform(g, d_model, fan_in=d_input)}
+    out: Tensors = linear(g, "encoder", d_model, d_input)  # S4Model (example.py) wrapper
     for i in range(n_layers):
         b = f"s4_layers.{i}"
         k = f"{b}.layer.kernel"
@@ -138,8 +135,7 @@ def s4(g: torch.Generator, d_model: int = 32, n_layers: int = 2, d_state: int = 
             f"norms.{i}.weight": torch.ones(d_model, dtype=F64),
             f"norms.{i}.bias": torch.zeros(d_model, dtype=F64),
         }
-    out |= {"decoder.weight": _uniform(g, d_output, d_model, fan_in=d_model),
-            "decoder.bias": _uniform(g, d_output, fan_in=d_model)}
+    out |= linear(g, "decoder", d_output, d_model)
     return out
 
 
