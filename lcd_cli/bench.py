@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.fit import fit_modal
-from lcd_cli.ssm import DiagonalSSM, fft_conv
+from lcd_cli.numerics.fit import fit_modal
+from lcd_cli.numerics.ssm import DiagonalSSM, fft_conv
 
 Progress = Callable[[str], None]
 

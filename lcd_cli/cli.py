@@ -91,7 +91,7 @@ def _fmt(x: float | None) -> str:
 @app.command()
 def families() -> None:
     """List the built-in family configs."""
-    from lcd_cli.config import builtin_configs
+    from lcd_cli.families.config import builtin_configs
 
     table = Table(title="Built-in family configs")
     for col in ("name", "family", "materializer", "description"):
@@ -123,8 +123,8 @@ def inspect(
     singular values of the kernel the order needed for a relative l2 error of 1e-2 / 1e-3
     and the lower bound (Eckart-Young floor) at orders 8/16/32/64.
     """
-    from lcd_cli.checkpoint import open_checkpoint
     from lcd_cli.inspection import FLOOR_ORDERS, inspect_checkpoint
+    from lcd_cli.io.checkpoint import open_checkpoint
 
     with _errors(ctx), open_checkpoint(checkpoint) as ckpt:
         if keys:
@@ -206,8 +206,8 @@ def distill(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lcd_cli.checkpoint import open_checkpoint
     from lcd_cli.distill import plan_distill, run_distill
+    from lcd_cli.io.checkpoint import open_checkpoint
 
     with _errors(ctx), open_checkpoint(checkpoint) as ckpt:
         plan = plan_distill(ckpt, order=order, tol=tol, max_order=max_order, family=family,

@@ -22,7 +22,16 @@ import torch
 import yaml
 
 from lcd_cli import __version__
-from lcd_cli.checkpoint import (
+from lcd_cli.errors import LcdError
+from lcd_cli.families.layers import (
+    Layer,
+    generator_info,
+    layer_summary,
+    materialize,
+    select_configs,
+    source_modes,
+)
+from lcd_cli.io.checkpoint import (
     DTYPES,
     Checkpoint,
     OutEntry,
@@ -31,17 +40,8 @@ from lcd_cli.checkpoint import (
     write_index,
     write_safetensors,
 )
-from lcd_cli.errors import LcdError
-from lcd_cli.layers import (
-    Layer,
-    generator_info,
-    layer_summary,
-    materialize,
-    select_configs,
-    source_modes,
-)
-from lcd_cli.metrics import kernel_errors
-from lcd_cli.modal import from_pairs, to_pairs
+from lcd_cli.numerics.metrics import kernel_errors
+from lcd_cli.numerics.modal import from_pairs, to_pairs
 
 SSM_POLES = "ssm.poles"
 SSM_RESIDUES = "ssm.residues"
@@ -76,7 +76,7 @@ class DistillPlan:
     def describe(self) -> dict[str, Any]:
         stu = [p for p in self.layers if p.layer.config.materializer == "stu"]
         if stu:  # one shared basis replaces the phi buffer; the layers' tensors are kept
-            from lcd_cli.stu.distill import planned_keys
+            from lcd_cli.kinds.shared_basis import planned_keys
 
             remove, add = planned_keys(stu[0].layer.config.options)
             return {"source": str(self.source), "output": str(self.output),
@@ -155,7 +155,7 @@ def plan_distill(
         raise LcdError("no layer to distill (every layer found is marked distill: false)",
                        file=ckpt.source)
     if any(p.layer.config.materializer == "stu" for p in layers):
-        from lcd_cli.stu.distill import check_stu_plan
+        from lcd_cli.kinds.shared_basis import check_stu_plan
 
         check_stu_plan(ckpt, [p.layer for p in layers])  # before any tensor is loaded
     out_default, report_default = default_outputs(ckpt.source, ckpt.sharded)
@@ -185,10 +185,10 @@ class LayerResult:
 def fit_layer(ckpt: Checkpoint, planned: PlannedLayer, plan: DistillPlan, *, device: str | None,
               seed: int) -> LayerResult:
     """Materialize, fit and score one layer. Scores use the float32 parameters as written."""
-    from lcd_cli.fit import fit_modal, fit_modal_to_tolerance
+    from lcd_cli.numerics.fit import fit_modal, fit_modal_to_tolerance
 
     if not planned.layer.config.causal:
-        from lcd_cli.bidirectional import fit_two_sided_layer
+        from lcd_cli.kinds.two_sided import fit_two_sided_layer
 
         return fit_two_sided_layer(ckpt, planned, plan, device=device, seed=seed)
     start = time.perf_counter()
@@ -224,7 +224,7 @@ def run_distill(
 ) -> dict[str, Any]:
     """Fit every planned layer (one at a time), then write checkpoint and report atomically."""
     if any(p.layer.config.materializer == "stu" for p in plan.layers):  # shared basis
-        from lcd_cli.stu.distill import run_stu_distill
+        from lcd_cli.kinds.shared_basis import run_stu_distill
 
         return run_stu_distill(plan, ckpt, seed=seed, force=force, command=command,
                                on_layer=on_layer)

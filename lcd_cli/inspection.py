@@ -1,7 +1,7 @@
 """`lcd inspect`: the long-conv layers of a checkpoint and how compressible each kernel is.
 
 Compressibility comes from the singular values of each kernel's Hankel matrix (see
-``lcd_cli.hankel``): the Eckart-Young floor at order N is a lower bound on the relative l2
+``lcd_cli.numerics.hankel``): the Eckart-Young floor at order N is a lower bound on the relative l2
 error of any N-mode diagonal SSM fitted on the window. To stay fast on long kernels and wide
 layers, a few channels are sampled and long Hankel matrices use a randomized SVD; the output
 says which, and labels floors from a randomized SVD as estimates.
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lcd_cli.checkpoint import Checkpoint
-from lcd_cli.layers import generator_info, layer_summary, materialize, select_configs
-from lcd_cli.metrics import DENSE_HANKEL_BUDGET, sample_channels
+from lcd_cli.families.layers import generator_info, layer_summary, materialize, select_configs
+from lcd_cli.io.checkpoint import Checkpoint
+from lcd_cli.numerics.metrics import DENSE_HANKEL_BUDGET, sample_channels
 
 FLOOR_ORDERS = (8, 16, 32, 64)
 TOLERANCES = (1e-2, 1e-3)
@@ -23,7 +23,7 @@ TOLERANCES = (1e-2, 1e-3)
 def compressibility(h: Any, *, channels: int = 16, max_order: int = 128) -> dict[str, Any]:
     """Floors at FLOOR_ORDERS (median over sampled channels) and the order needed for each
     tolerance (the smallest N whose floor is below it for every sampled channel)."""
-    from lcd_cli.hankel import hankel_floor, hankel_shape
+    from lcd_cli.numerics.hankel import hankel_floor, hankel_shape
 
     idx = sample_channels(h.shape[0], channels)
     sub = h[idx]  # (S, L)
@@ -66,8 +66,8 @@ def inspect_checkpoint(
             if analyse and (facts := generator_info(ckpt, layer)):
                 row["generator_info"] = facts  # e.g. an SSM's state size, eigvec condition
             if analyse and layer.config.distill and not layer.config.causal:
-                from lcd_cli.bidirectional import two_sided_compressibility
-                from lcd_cli.layers import materialize_two_sided
+                from lcd_cli.families.layers import materialize_two_sided
+                from lcd_cli.kinds.two_sided import two_sided_compressibility
 
                 k_fwd, k_rev, _ = materialize_two_sided(ckpt, layer)  # (C, L) each
                 row["compressibility"] = two_sided_compressibility(k_fwd, k_rev,

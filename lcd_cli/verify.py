@@ -15,13 +15,13 @@ from typing import Any
 import torch
 import yaml
 
-from lcd_cli.checkpoint import Checkpoint, open_checkpoint
-from lcd_cli.config import parse_config
 from lcd_cli.distill import SSM_POLES, SSM_RESIDUES
 from lcd_cli.errors import LcdError
-from lcd_cli.layers import find_layers, materialize
-from lcd_cli.ssm import DiagonalSSM
-from lcd_cli.verify_core import verify_layer
+from lcd_cli.families.config import parse_config
+from lcd_cli.families.layers import find_layers, materialize
+from lcd_cli.io.checkpoint import Checkpoint, open_checkpoint
+from lcd_cli.numerics.checks import verify_layer
+from lcd_cli.numerics.ssm import DiagonalSSM
 
 DEFAULT_TOL = 1e-2
 
@@ -105,7 +105,7 @@ def verify_checkpoint(
         rows = []
         for cfg in _configs(distilled):
             if cfg.materializer == "stu" and cfg.distill:  # one shared basis for all layers
-                from lcd_cli.stu.distill import verify_stu_layers
+                from lcd_cli.kinds.shared_basis import verify_stu_layers
 
                 rows += verify_stu_layers(distilled, ref, find_layers(ref, cfg), tol=tol,
                                           length=length, seed=seed)
@@ -114,7 +114,7 @@ def verify_checkpoint(
                 if not cfg.distill:
                     continue
                 if not cfg.causal:
-                    from lcd_cli.bidirectional import verify_two_sided_layer
+                    from lcd_cli.kinds.two_sided import verify_two_sided_layer
 
                     rows.append(verify_two_sided_layer(
                         distilled, ref, layer, tol=tol, length=length, seed=seed,

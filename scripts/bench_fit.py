@@ -29,17 +29,17 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lcd_cli.baselines import (
+from lcd_cli.examples import make_example, write_example
+from lcd_cli.families.layers import materialize, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.numerics.baselines import (
     fit_dft_truncation,
     fit_matrix_pencil,
     fit_modal_adam,
     fit_real_pole_bank,
 )
-from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.examples import make_example, write_example
-from lcd_cli.fit import FitResult, fit_modal
-from lcd_cli.hankel import hankel_floor
-from lcd_cli.layers import materialize, select_configs
+from lcd_cli.numerics.fit import FitResult, fit_modal
+from lcd_cli.numerics.hankel import hankel_floor
 
 # ----------------------------------------------------------------------------- kernel sets
 

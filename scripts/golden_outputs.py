@@ -1,9 +1,10 @@
 """Digests of `lcd distill` outputs on every bundled example (the refactoring guard).
 
 For each example (small sizes, seed 0) the checkpoint is written, distilled at a fixed order
-and seed, and the output reduced to one sha256 (one torch thread, as thread count changes rounding) over its tensors (name, dtype, shape and raw
-bytes, in key order) plus the recorded orders. Metadata that legitimately changes with lcd's
-version (configs echoed, sources) is left out, so the digest says "same tensors, same bytes".
+and seed, and the output reduced to one sha256 over its tensors (name, dtype, shape and raw
+bytes, in key order) plus the recorded orders. One torch thread: the thread count changes
+rounding. Metadata that legitimately changes with lcd's version (configs echoed, option
+sources) is left out, so the digest says "same tensors, same bytes".
 
     python scripts/golden_outputs.py            # print the digests
     python scripts/golden_outputs.py --write    # rewrite tests/data/golden_outputs.json
@@ -25,9 +26,9 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from lcd_cli.checkpoint import open_checkpoint
 from lcd_cli.cli import app
 from lcd_cli.examples import make_example, write_example
+from lcd_cli.io.checkpoint import open_checkpoint
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_outputs.json"
 # (example, example sizes, distill arguments, shards): every layer kind and materializer, a

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from lcd_cli.fit_shared import (
+from lcd_cli.numerics.fit_shared import (
     fit_shared,
     float32_recurrence_error,
     recurrence_impulse,
     rel_l2,
 )
-from lcd_cli.stu.filters import spectral_filters
+from lcd_cli.numerics.stu_filters import spectral_filters
 
 
 def main() -> None:

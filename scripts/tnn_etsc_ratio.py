@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from lcd_cli.baselines import etsc_modes, fit_etsc
 from lcd_cli.examples import make_example
-from lcd_cli.fit import fit_modal
+from lcd_cli.numerics.baselines import etsc_modes, fit_etsc
+from lcd_cli.numerics.fit import fit_modal
 
 
 def _kernels(name: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -27,10 +27,10 @@ def _kernels(name: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     import tempfile
     from pathlib import Path
 
-    from lcd_cli.checkpoint import open_checkpoint
     from lcd_cli.examples import write_example
-    from lcd_cli.kernels import MATERIALIZERS
-    from lcd_cli.layers import LayerView, select_configs
+    from lcd_cli.families.kernels import MATERIALIZERS
+    from lcd_cli.families.layers import LayerView, select_configs
+    from lcd_cli.io.checkpoint import open_checkpoint
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +61,7 @@ def _etsc_order(h: torch.Tensor, gamma: torch.Tensor, tol: float) -> int | None:
 
 def _lcd_order(h: torch.Tensor, tol: float, max_order: int) -> int | None:
     """Scan from the Eckart-Young order (no N-mode fit, stable or not, can beat its floor)."""
-    from lcd_cli.hankel import hankel_floor, order_for_tolerance
+    from lcd_cli.numerics.hankel import hankel_floor, order_for_tolerance
 
     floors = hankel_floor(h, list(range(1, max_order + 1))).values  # (C, max_order)
     start = order_for_tolerance(floors.amax(0), tol) or max_order

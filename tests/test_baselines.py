@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from lcd_cli.baselines import (
+from lcd_cli.errors import LcdError
+from lcd_cli.numerics.baselines import (
     fit_dft_truncation,
     fit_matrix_pencil,
     fit_modal_adam,
     fit_real_pole_bank,
 )
-from lcd_cli.errors import LcdError
-from lcd_cli.modal import modal_kernel
+from lcd_cli.numerics.modal import modal_kernel
 
 METHODS = {
     "dft": fit_dft_truncation,
@@ -73,7 +73,7 @@ def test_matrix_pencil_recovers_modal_kernel() -> None:
 
 
 def test_real_pole_bank_represents_its_own_span() -> None:
-    from lcd_cli.baselines import fit_real_pole_bank as bank
+    from lcd_cli.numerics.baselines import fit_real_pole_bank as bank
 
     probe = bank(torch.ones(1, 200, dtype=torch.float64), 5)
     poles = probe.poles.expand(2, -1)

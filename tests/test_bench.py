@@ -27,8 +27,8 @@ from lcd_cli.bench import (
 )
 from lcd_cli.cli import app
 from lcd_cli.errors import LcdError
-from lcd_cli.fit import fit_modal
-from lcd_cli.ssm import fft_conv
+from lcd_cli.numerics.fit import fit_modal
+from lcd_cli.numerics.ssm import fft_conv
 
 DECODE_KEYS = {"length", "recurrent_ms_per_token", "fft_ms_per_token", "direct_ms_per_token",
                "prefill_ms", "fft_over_recurrent", "direct_over_recurrent",

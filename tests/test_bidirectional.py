@@ -14,13 +14,14 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 
-from lcd_cli.bidirectional import BidirectionalSSM, _pad_pairs, two_sided_conv
-from lcd_cli.checkpoint import open_checkpoint
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
-from lcd_cli.kernels import MATERIALIZERS
-from lcd_cli.layers import LayerView, materialize_two_sided, select_configs
-from lcd_cli.ssm import DiagonalSSM
+from lcd_cli.families.kernels import MATERIALIZERS
+from lcd_cli.families.layers import LayerView, materialize_two_sided, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.kinds.two_sided import _pad_pairs
+from lcd_cli.numerics.ssm import DiagonalSSM
+from lcd_cli.numerics.two_sided import BidirectionalSSM, two_sided_conv
 from tests.conftest import lcd, naive_modal, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations

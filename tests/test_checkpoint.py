@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lcd_cli.checkpoint import OutEntry, atomic_output, open_checkpoint, write_safetensors
 from lcd_cli.errors import LcdError
+from lcd_cli.io.checkpoint import OutEntry, atomic_output, open_checkpoint, write_safetensors
 
 
 def tensors() -> dict[str, torch.Tensor]:

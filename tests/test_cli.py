@@ -14,8 +14,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.layers import materialize, select_configs
+from lcd_cli.families.layers import materialize, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
 from tests.conftest import lcd, naive_modal
 
 FAMILY = {"hyenadna": "hyenadna-hf", "stripedhyena": "stripedhyena", "long-conv": "safari-long-conv"}

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.config import builtin_config_names, load_builtin, parse_config
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example
-from lcd_cli.layers import layer_summary, materialize, select_configs
+from lcd_cli.families.config import builtin_config_names, load_builtin, parse_config
+from lcd_cli.families.layers import layer_summary, materialize, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
 from tests.conftest import SMALL
 
 CONFIGS = Path(__file__).parents[1] / "configs"

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.config import parse_config, shape_matches
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
-from lcd_cli.layers import layer_summary, materialize, select_configs
+from lcd_cli.families.config import parse_config
+from lcd_cli.families.layers import layer_summary, materialize, select_configs
+from lcd_cli.families.spec import shape_matches
+from lcd_cli.io.checkpoint import open_checkpoint
 from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from lcd_cli.baselines import fit_dft_truncation, fit_matrix_pencil
 from lcd_cli.errors import LcdError
-from lcd_cli.fit import fit_modal, fit_modal_to_tolerance
-from lcd_cli.hankel import eckart_young_floor, hankel_singular_values
-from lcd_cli.modal import modal_kernel
+from lcd_cli.numerics.baselines import fit_dft_truncation, fit_matrix_pencil
+from lcd_cli.numerics.fit import fit_modal, fit_modal_to_tolerance
+from lcd_cli.numerics.hankel import eckart_young_floor, hankel_singular_values
+from lcd_cli.numerics.modal import modal_kernel
 
 
 def _loop_kernel(poles: torch.Tensor, residues: torch.Tensor, length: int) -> torch.Tensor:
@@ -142,7 +142,7 @@ def test_zero_channel() -> None:
 
 
 def test_channel_chunks_and_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lcd_cli.fit as fit_mod
+    import lcd_cli.numerics.fit as fit_mod
 
     h = _damped_oscillatory(5, 200, seed=8)
     whole = fit_modal(h, 3)
@@ -173,7 +173,7 @@ def test_cuda_matches_cpu() -> None:
 
 
 def test_batched_solve_survives_a_singular_element() -> None:
-    from lcd_cli.fit import _solve
+    from lcd_cli.numerics.fit import _solve
 
     g = torch.Generator().manual_seed(3)
     m = torch.randn(5, 5, generator=g, dtype=torch.float64)
@@ -232,7 +232,7 @@ def test_identical_channels_are_fitted_once() -> None:
 
 
 def distinct_count(h: torch.Tensor) -> int:
-    from lcd_cli.fit import _distinct_rows
+    from lcd_cli.numerics.fit import _distinct_rows
 
     rows = _distinct_rows(h)
     return h.shape[0] if rows is None else int(rows[0].numel())

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from lcd_cli.hankel import (
+from lcd_cli.numerics.hankel import (
     eckart_young_floor,
     hankel_floor,
     hankel_shape,
     hankel_singular_values,
     order_for_tolerance,
 )
-from lcd_cli.modal import modal_kernel
+from lcd_cli.numerics.modal import modal_kernel
 
 
 def _naive_hankel(h: np.ndarray, rows: int | None = None) -> np.ndarray:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lcd_cli.checkpoint import open_checkpoint
 from lcd_cli.examples import make_example
-from lcd_cli.layers import materialize, select_configs
+from lcd_cli.families.layers import materialize, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
 from tests.conftest import SMALL, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcd_cli.modal import from_pairs, modal_kernel, to_pairs
+from lcd_cli.numerics.modal import from_pairs, modal_kernel, to_pairs
 
 F64_FLOOR = 1e-12  # relative, kernels of length <= 8200 with |p| <= 1
 F32_FLOOR = 1e-4

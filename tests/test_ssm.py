@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lcd_cli.errors import LcdError
-from lcd_cli.modal import modal_kernel, to_pairs
-from lcd_cli.ssm import DiagonalSSM, direct_conv, fft_conv, naive_step_loop
+from lcd_cli.numerics.modal import modal_kernel, to_pairs
+from lcd_cli.numerics.ssm import DiagonalSSM, direct_conv, fft_conv, naive_step_loop
 
 F64_TOL = 1e-10
 F32_TOL = 1e-4
@@ -150,7 +150,7 @@ def test_channel_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
     u, x0 = inputs(200)
     want = [ssm.prefill(u, x0), ssm.scan(u, x0, chunk=33)]
     k_want = ssm.kernel(200)
-    monkeypatch.setattr("lcd_cli.ssm._BUDGET", 1)
+    monkeypatch.setattr("lcd_cli.numerics.ssm._BUDGET", 1)
     got = [ssm.prefill(u, x0), ssm.scan(u, x0, chunk=33)]
     torch.testing.assert_close(ssm.kernel(200), k_want, rtol=0, atol=0)
     for (y_w, x_w), (y_g, x_g) in zip(want, got, strict=True):

@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.config import parse_config
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
-from lcd_cli.fit import fit_modal
-from lcd_cli.kernels import MATERIALIZERS
-from lcd_cli.layers import LayerView, generator_info, materialize, select_configs
-from lcd_cli.modal import modal_kernel
+from lcd_cli.families.config import parse_config
+from lcd_cli.families.kernels import MATERIALIZERS
+from lcd_cli.families.layers import LayerView, generator_info, materialize, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.numerics.fit import fit_modal
+from lcd_cli.numerics.modal import modal_kernel
 from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations
@@ -251,7 +251,7 @@ def test_s4_dplr_defaults_to_stored_length_and_reports_conditioning(write_ckpt) 
     doc["options"]["length"] = None
     ckpt = open_checkpoint(write(write_ckpt, t))
     cfg = parse_config(yaml.safe_dump(doc), "s4.yaml")
-    from lcd_cli.layers import find_layers, layer_summary
+    from lcd_cli.families.layers import find_layers, layer_summary
 
     layer = find_layers(ckpt, cfg)[0]
     assert layer_summary(ckpt, layer)["length"] == 100  # l_kernel
@@ -369,7 +369,7 @@ def test_length_is_required_when_not_configured(write_ckpt) -> None:
     doc["options"]["length"] = None
     cfg = parse_config(yaml.safe_dump(doc), "s4d.yaml")
     ckpt = open_checkpoint(write(write_ckpt, _s4d()))
-    from lcd_cli.layers import find_layers
+    from lcd_cli.families.layers import find_layers
 
     with pytest.raises(LcdError, match="length is not stored"):
         materialize(ckpt, find_layers(ckpt, cfg)[0])

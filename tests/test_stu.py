@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lcd_cli.checkpoint import open_checkpoint
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
-from lcd_cli.fit_shared import fit_shared, shared_kernel
-from lcd_cli.layers import materialize, select_configs
-from lcd_cli.stu.filters import spectral_filters
-from lcd_cli.stu.layer import approx_forward, exact_forward
-from lcd_cli.stu.runtime import STURecurrent
+from lcd_cli.families.layers import materialize, select_configs
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.numerics.fit_shared import fit_shared, shared_kernel
+from lcd_cli.numerics.stu_filters import spectral_filters
+from lcd_cli.numerics.stu_layer import approx_forward, exact_forward
+from lcd_cli.numerics.stu_runtime import STURecurrent
 from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # float64 implementations of the same formula

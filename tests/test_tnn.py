@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from lcd_cli.baselines import etsc_modes, fit_etsc
-from lcd_cli.bidirectional import two_sided_conv
-from lcd_cli.checkpoint import open_checkpoint
-from lcd_cli.config import load_builtin, parse_config
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
-from lcd_cli.kernels import MATERIALIZERS
-from lcd_cli.layers import LayerView, find_layers
+from lcd_cli.families.config import load_builtin, parse_config
+from lcd_cli.families.kernels import MATERIALIZERS
+from lcd_cli.families.layers import LayerView, find_layers
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.numerics.baselines import etsc_modes, fit_etsc
+from lcd_cli.numerics.two_sided import two_sided_conv
 from tests.conftest import lcd, rel
 
 F64_FLOOR = 1e-12  # relative error allowed between float64 implementations

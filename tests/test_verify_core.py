@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from lcd_cli.errors import LcdError
-from lcd_cli.ssm import DiagonalSSM
-from lcd_cli.verify_core import INPUT_KINDS, PATHS, LayerCheck, even_channels, verify_layer
+from lcd_cli.numerics.checks import INPUT_KINDS, PATHS, LayerCheck, even_channels, verify_layer
+from lcd_cli.numerics.ssm import DiagonalSSM
 
 C, N, L = 5, 4, 200
 

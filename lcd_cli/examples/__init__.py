@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from lcd_cli.checkpoint import OutEntry, atomic_output, write_index, write_safetensors
 from lcd_cli.errors import LcdError
 from lcd_cli.examples.causal import evo2, hyenadna, long_conv, stripedhyena
 from lcd_cli.examples.noncausal import long_conv_bidir, m2, tnn, tnn_bidir
 from lcd_cli.examples.ssm import h3, s4, s4_diag, s4d
 from lcd_cli.examples.stu import stu, stu_approx
 from lcd_cli.examples.weights import Tensors
+from lcd_cli.io.checkpoint import OutEntry, atomic_output, write_index, write_safetensors
 
 EXAMPLES: dict[str, Callable[..., Tensors]] = {
     "hyenadna": hyenadna,

@@ -15,7 +15,7 @@ from lcd_cli.examples.weights import uniform as _uniform
 def hyenadna(g: torch.Generator, d_model: int = 64, n_layers: int = 2, l_max: int = 1026,
              emb_dim: int = 5, width: int = 64, sin_freq: float = 5.0) -> Tensors:
     """HyenaDNA "-hf" layout (hyena.backbone.layers.{i}.mixer.filter_fn.*)."""
-    from lcd_cli.kernels.hyena import positional_features
+    from lcd_cli.families.kernels.hyena import positional_features
 
     z, t = positional_features(l_max, emb_dim)
     # HyenaDNA ExponentialModulation init: fast 0.3, slow 1.5, target 1e-2.

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lcd_cli.examples.weights import Tensors, linear
 from lcd_cli.examples.weights import uniform as _uniform
-from lcd_cli.kernels import s4_dplr
+from lcd_cli.families.kernels import s4_dplr
 
 F64 = torch.float64
 

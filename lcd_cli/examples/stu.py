@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lcd_cli.examples.weights import Tensors
-from lcd_cli.stu.filters import spectral_filters
+from lcd_cli.numerics.stu_filters import spectral_filters
 
 
 def _xavier(g: torch.Generator, *shape: int, fan_in: int, fan_out: int) -> Tensor:

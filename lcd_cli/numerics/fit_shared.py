@@ -14,7 +14,7 @@ Method:
 1. Poles: Kung's subspace method (ERA; Kung 1978, Juang & Pappa 1985) on the stacked block
    Hankel matrix [H(h_1) ... H(h_K)] (m x K n): its leading left singular vectors span the
    shared column space, whose shift-invariance gives the shared poles. The SVD is randomized
-   with FFT Hankel products (lcd_cli.hankel), so no Hankel matrix is formed.
+   with FFT Hankel products (lcd_cli.numerics.hankel), so no Hankel matrix is formed.
 2. Residues: least squares over the explicit basis A = [Re p^t, -Im p^t] (L, N or 2N) with
    unit-normalized columns, solved by SVD filter factors s / (s^2 + lam^2) (Tikhonov), so
    near-collinear poles cannot take huge cancelling residues that rounding would destroy
@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.fit import _F32_LAMBDA, _F64_LAMBDA, _R_MAX
-from lcd_cli.hankel import _hankel_apply, _orth_rows, fft_size, hankel_shape
-from lcd_cli.modal import modal_kernel, pole_powers
+from lcd_cli.numerics.fit import _F32_LAMBDA, _F64_LAMBDA, _R_MAX
+from lcd_cli.numerics.hankel import _hankel_apply, _orth_rows, fft_size, hankel_shape
+from lcd_cli.numerics.modal import modal_kernel, pole_powers
 
 _OVERSAMPLE = 10  # extra range-finder columns
 _POWER_ITERS = 3  # power iterations of the stacked randomized SVD

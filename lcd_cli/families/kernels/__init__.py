@@ -1,14 +1,14 @@
 """Kernel materializers, by name (the ``materializer`` field of a family config)."""
 
-from lcd_cli.kernels.base import Materializer
-from lcd_cli.kernels.explicit import ExplicitKernel
-from lcd_cli.kernels.grouped_taps import GroupedTapsKernel
-from lcd_cli.kernels.hyena import HyenaKernel
-from lcd_cli.kernels.real_modal import RealModalKernel
-from lcd_cli.kernels.ssm_params import H3Kernel, H3ShiftKernel, S4DKernel, S4Kernel
-from lcd_cli.kernels.stripedhyena import ModalKernel
-from lcd_cli.kernels.stu import STUKernel
-from lcd_cli.kernels.tnn import TnnKernel
+from lcd_cli.families.kernels.base import Materializer
+from lcd_cli.families.kernels.explicit import ExplicitKernel
+from lcd_cli.families.kernels.grouped_taps import GroupedTapsKernel
+from lcd_cli.families.kernels.hyena import HyenaKernel
+from lcd_cli.families.kernels.real_modal import RealModalKernel
+from lcd_cli.families.kernels.ssm_params import H3Kernel, H3ShiftKernel, S4DKernel, S4Kernel
+from lcd_cli.families.kernels.stripedhyena import ModalKernel
+from lcd_cli.families.kernels.stu import STUKernel
+from lcd_cli.families.kernels.tnn import TnnKernel
 
 MATERIALIZERS: dict[str, Materializer] = {
     m.name: m for m in (ExplicitKernel(), HyenaKernel(), ModalKernel())

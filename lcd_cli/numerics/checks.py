@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.ssm import DiagonalSSM, fft_conv
+from lcd_cli.numerics.ssm import DiagonalSSM, fft_conv
 
 STEP_CAP = 4096
 INPUT_KINDS = ("noise", "smooth", "step")

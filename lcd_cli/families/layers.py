@@ -8,68 +8,18 @@ exists. Families are detected by which configs find layers; overlapping matches 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lcd_cli.checkpoint import Checkpoint
-from lcd_cli.config import FamilyConfig, builtin_configs, shape_matches
 from lcd_cli.errors import LcdError
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One long-conv layer found in a checkpoint."""
-
-    prefix: str
-    config: FamilyConfig
-    groups: dict[str, str]  # named groups of the layer regex
-    keys: tuple[str, ...]  # every key under the prefix, relative to it
-    generator_keys: tuple[str, ...]  # full keys of the kernel generator
-    skip_key: str | None  # full key of the skip term D, if present
-
-    @property
-    def index(self) -> int | None:
-        value = self.groups.get("layer")
-        return int(value) if value is not None and value.isdigit() else None
-
-
-class LayerView:
-    """A layer's tensors by key relative to its prefix; loads lazily, in float64 by default."""
-
-    def __init__(self, ckpt: Checkpoint, layer: Layer) -> None:
-        self.ckpt = ckpt
-        self.layer = layer
-        self.prefix = layer.prefix
-        self._keys = set(layer.keys)
-
-    @property
-    def file(self) -> Path:
-        return self.ckpt.source
-
-    def key(self, rel: str) -> str:
-        return f"{self.prefix}.{rel}"
-
-    def names(self) -> list[str]:
-        """Every key of the layer, relative to its prefix."""
-        return sorted(self._keys)
-
-    def has(self, rel: str) -> bool:
-        return rel in self._keys
-
-    def shape(self, rel: str) -> tuple[int, ...]:
-        if rel not in self._keys:
-            raise LcdError("a parameter of this layer is missing", file=self.file,
-                           key=self.key(rel),
-                           hint=f"config '{self.layer.config.name}' expects it; is it the right "
-                           "--family?")
-        return self.ckpt.info(self.key(rel)).shape
-
-    def get(self, rel: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        self.shape(rel)  # clear error when missing
-        return self.ckpt.get(self.key(rel), dtype)
+from lcd_cli.families.config import builtin_configs, load_builtin, load_config
+from lcd_cli.families.kernels import MATERIALIZERS
+from lcd_cli.families.spec import FamilyConfig, shape_matches
+from lcd_cli.families.view import Layer, LayerView
+from lcd_cli.io.checkpoint import Checkpoint
 
 
 def find_layers(ckpt: Checkpoint, config: FamilyConfig) -> list[Layer]:
@@ -125,8 +75,6 @@ def select_configs(
 
     Raises LcdError when nothing matches, or when two configs claim the same layer.
     """
-    from lcd_cli.config import load_builtin, load_config
-
     if config_path is not None:
         chosen = [load_config(config_path)]
     elif family is not None:
@@ -166,8 +114,6 @@ def select_configs(
 
 def layer_summary(ckpt: Checkpoint, layer: Layer) -> dict[str, Any]:
     """Channels, length and generator size of a layer, from headers only."""
-    from lcd_cli.kernels import MATERIALIZERS
-
     view = LayerView(ckpt, layer)
     channels, length = MATERIALIZERS[layer.config.materializer].shape(view, layer.config.options)
     dtypes = sorted({ckpt.info(k).dtype for k in layer.generator_keys})
@@ -183,8 +129,6 @@ def layer_summary(ckpt: Checkpoint, layer: Layer) -> dict[str, Any]:
 
 
 def _materializer(config: FamilyConfig) -> Any:
-    from lcd_cli.kernels import MATERIALIZERS
-
     return MATERIALIZERS[config.materializer]
 
 
@@ -219,8 +163,6 @@ def source_modes(ckpt: Checkpoint, layer: Layer) -> torch.Tensor | None:
 
 def materialize(ckpt: Checkpoint, layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's kernel h (C, L) float64 and skip term D (C,) float64 (None if absent)."""
-    from lcd_cli.kernels import MATERIALIZERS
-
     view = LayerView(ckpt, layer)
     h = MATERIALIZERS[layer.config.materializer].kernel(view, layer.config.options)  # (C, L)
     if not torch.isfinite(h).all():

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
-from lcd_cli.layers import LayerView
-from lcd_cli.modal import from_pairs, modal_kernel
+from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_length
+from lcd_cli.families.view import LayerView
+from lcd_cli.numerics.modal import from_pairs, modal_kernel
 
 
 class ModalKernel(Materializer):

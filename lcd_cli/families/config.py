@@ -9,7 +9,6 @@ every problem at once.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import yaml
 
 from lcd_cli.errors import LcdError
+from lcd_cli.families.kernels import MATERIALIZERS
+from lcd_cli.families.spec import FamilyConfig
 
 _FIELDS = {
     "name": str, "family": str, "description": str, "source": str, "layer": str,
@@ -25,7 +26,6 @@ _FIELDS = {
     "match_shapes": dict,
 }
 _REQUIRED = ("name", "family", "layer", "required", "generator", "materializer")
-DimSpec = int | tuple[int | None, int | None] | None  # one dim of a match_shapes entry
 
 
 def _check_match_shapes(value: dict[str, Any]) -> list[str]:
@@ -46,59 +46,6 @@ def _check_match_shapes(value: dict[str, Any]) -> list[str]:
                 problems.append(f"match_shapes['{key}'][{i}] must be null, a size or "
                                 f"[min, max] (null = open end), got {d!r}")
     return problems
-
-
-def shape_matches(shape: tuple[int, ...], spec: tuple[DimSpec, ...]) -> bool:
-    """Whether a tensor shape fits a match_shapes entry (same rank, every dim within spec)."""
-    if len(shape) != len(spec):
-        return False
-    for size, d in zip(shape, spec, strict=True):
-        if isinstance(d, int) and size != d:
-            return False
-        if isinstance(d, tuple) and not ((d[0] is None or size >= d[0])
-                                         and (d[1] is None or size <= d[1])):
-            return False
-    return True
-
-
-@dataclass(frozen=True)
-class FamilyConfig:
-    """One checkpoint layout of one long-conv family.
-
-    Attributes:
-        name: id used by ``--family`` (e.g. ``hyenadna-hf``).
-        family: kernel family (``hyena``, ``modal``, ``explicit``...).
-        layer: regex that must fully match a layer's key prefix; named groups (``layer`` for
-            the index, others such as ``parent``) may be used in ``skip``.
-        required: keys relative to the prefix that every layer has (used to find layers).
-        optional: keys relative to the prefix that a layer may have.
-        generator: globs relative to the prefix: the kernel generator, replaced on distillation.
-        skip: template of the full key of the skip term D (``{prefix}``, regex groups), or None.
-        materializer: name of the kernel materializer (see ``lcd_cli.kernels``).
-        options: materializer options (validated by the materializer).
-        causal: False for bidirectional kernels.
-        distill: False for layers that are recognised but left alone (e.g. short filters).
-        match_shapes: per relative key, the shape it must have for a prefix to be a layer of
-            this config: one entry per dim, None (any size), an int (exact) or (lo, hi)
-            (inclusive; None = open end). Tells apart layouts that share key names.
-    """
-
-    name: str
-    family: str
-    layer: re.Pattern[str]
-    required: tuple[str, ...]
-    generator: tuple[str, ...]
-    materializer: str
-    description: str = ""
-    source: str = ""
-    optional: tuple[str, ...] = ()
-    skip: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    causal: bool = True
-    distill: bool = True
-    match_shapes: dict[str, tuple[DimSpec, ...]] = field(default_factory=dict)
-    path: str = ""
-    raw: dict[str, Any] = field(default_factory=dict)
 
 
 def builtin_config_names() -> list[str]:
@@ -130,9 +77,6 @@ def builtin_configs() -> list[FamilyConfig]:
 
 def parse_config(text: str, origin: str) -> FamilyConfig:
     """Parse and validate a config; raise one LcdError listing every problem."""
-    # Imported here: kernels imports config types, not the other way round at module level.
-    from lcd_cli.kernels import MATERIALIZERS
-
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -9,7 +9,7 @@ from torch import Tensor
 from lcd_cli.errors import LcdError
 
 if TYPE_CHECKING:
-    from lcd_cli.layers import LayerView
+    from lcd_cli.families.view import LayerView
 
 OptionSpec = dict[str, tuple[tuple[type, ...], Any]]  # name -> (accepted types, default)
 

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from .fit import (
+from lcd_cli.numerics.fit import (
     _R_MAX,
     FitResult,
     _check_kernel,
@@ -34,7 +34,7 @@ from .fit import (
     _stabilize,
     rel_l2_error,
 )
-from .modal import modal_kernel
+from lcd_cli.numerics.modal import modal_kernel
 
 _PENCIL_MAX = 512  # cap of the pencil parameter (dense SVD cost ~ L P^2)
 

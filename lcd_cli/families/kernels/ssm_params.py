@@ -20,7 +20,7 @@ Models" (S4D), Sec. 2-3; Fu et al. 2023, "Hungry Hungry Hippos" (H3), Sec. 3):
     S4   (models/s4/s4.py SSMKernelDiag):     A = -T_re(A_real) - i T_im(A_imag)  (note the minus),
          dt = T_dt(inv_dt) (H, 1) or (H, N) (sinh first when dt_fast), B (1, S, N, 2),
          C (C, H, N, 2); disc zoh (default) or bilinear. With ``P`` (R, S, N, 2) the layer is
-         DPLR (SSMKernelDPLR; bilinear only): see :mod:`lcd_cli.kernels.s4_dplr`.
+         DPLR (SSMKernelDPLR; bilinear only): see :mod:`lcd_cli.families.kernels.s4_dplr`.
     H3   (HazyResearch/H3 ss_kernel_diag.py SSKernelDiag): A = -T_re(inv_A_real) + i A_imag,
          dt = exp(log_dt) (H,), B (S, N, 2), C (C, H, N, 2); disc bilinear (default) or zoh.
     T: none x | exp e^x | relu max(x, 0) + 1e-4 | sigmoid | softplus (upstream param_transform).
@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.kernels import s4_dplr
-from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
-from lcd_cli.layers import LayerView
-from lcd_cli.modal import from_pairs, modal_kernel
+from lcd_cli.families.kernels import s4_dplr
+from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_length
+from lcd_cli.families.view import LayerView
+from lcd_cli.numerics.modal import from_pairs, modal_kernel
 
 TRANSFORMS = ("none", "exp", "relu", "sigmoid", "softplus")
 DISCRETIZATIONS = ("zoh", "bilinear")

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
-from lcd_cli.layers import LayerView
+from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_length
+from lcd_cli.families.view import LayerView
 
 FWD, REV = "implicit_filter", "implicit_filter_rev"
 

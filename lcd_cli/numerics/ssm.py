@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.hankel import fft_size
-from lcd_cli.modal import from_pairs as _pairs_to_complex
-from lcd_cli.modal import modal_kernel, pole_powers, to_pairs
+from lcd_cli.numerics.hankel import fft_size
+from lcd_cli.numerics.modal import from_pairs as _pairs_to_complex
+from lcd_cli.numerics.modal import modal_kernel, pole_powers, to_pairs
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}

@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import LcdError
-from .hankel import hankel_shape, hankel_svd
+from lcd_cli.errors import LcdError
+from lcd_cli.numerics.hankel import hankel_shape, hankel_svd
 
 _R_MAX = 1.0 - 1e-6  # pole radius cap: strictly stable, also after complex64 rounding
 _R_MIN = 1e-6  # pole radius floor: keeps log-poles finite

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
-from lcd_cli.layers import LayerView
+from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_length
+from lcd_cli.families.view import LayerView
 
 _BLOCK = re.compile(r"^rpe\.layers\.(\d+)\.2\.weight$")
 _ACTS = {"relu": torch.relu, "silu": F.silu}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lcd_cli.hankel import fft_size
+from lcd_cli.numerics.hankel import fft_size
 
 
 def _sign(length: int, dtype: torch.dtype) -> Tensor:

@@ -10,7 +10,7 @@ Dimensions:
     I  input features, O output features
     Q  scan chunk length
 
-Basis (lcd_cli.fit_shared): phi_k[s] ~ Re sum_n R[k, n] p_n^s, so (-1)^s phi_k[s] ~
+Basis (lcd_cli.numerics.fit_shared): phi_k[s] ~ Re sum_n R[k, n] p_n^s, so (-1)^s phi_k[s] ~
 Re sum_n R[k, n] (-p_n)^s: the minus branch is the same basis with every pole negated.
 
 Exact mode, per layer (M+/- (K, I, O) kept from the checkpoint):
@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.fit_shared import shared_kernel
-from lcd_cli.modal import pole_powers
-from lcd_cli.stu.layer import causal_conv, exact_forward
+from lcd_cli.numerics.fit_shared import shared_kernel
+from lcd_cli.numerics.modal import pole_powers
+from lcd_cli.numerics.stu_layer import causal_conv, exact_forward
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 

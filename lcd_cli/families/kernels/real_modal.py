@@ -12,7 +12,7 @@ Kernel (vortex ``HyenaCascade.compute_filter``):
 log_poles (G, N, 1) and residues (G, N), both real. Savanna trains p and gamma and the converter
 stores log_poles = -exp(p) exp(gamma) < 0, so every mode decays. The recurrence of vortex's
 ``step_iir`` is s_t = exp(log_poles) s_{t-1} + u_t, y_t = sum_n R s_t + D u_t: the diagonal
-SSM of ``lcd_cli.modal`` with real poles exp(log_poles) and real residues, so N complex modes
+SSM of ``lcd_cli.numerics.modal`` with real poles exp(log_poles) and real residues, so N complex modes
 represent the layer exactly and distillation reduces the order below N.
 """
 
@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.kernels.base import Materializer, OptionSpec, resolve_length
-from lcd_cli.kernels.grouped_taps import group_channels
-from lcd_cli.layers import LayerView
-from lcd_cli.modal import modal_kernel
+from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_length
+from lcd_cli.families.kernels.grouped_taps import group_channels
+from lcd_cli.families.view import LayerView
+from lcd_cli.numerics.modal import modal_kernel
 
 
 class RealModalKernel(Materializer):
