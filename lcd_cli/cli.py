@@ -17,10 +17,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lcd_cli import __version__
+from lcd_cli.bench import parse_lengths, plot_bench, require_matplotlib, run_bench, settings_for
 from lcd_cli.errors import LcdError
+from lcd_cli.examples import make_example, write_example
+from lcd_cli.families.config import builtin_configs
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.numerics.compressibility import FLOOR_ORDERS
+from lcd_cli.pipeline.distill import run_distill
+from lcd_cli.pipeline.inspect import inspect_checkpoint
+from lcd_cli.pipeline.plan import plan_distill
+from lcd_cli.pipeline.verify import verify_checkpoint
 
 app = typer.Typer(
     name="lcd",
@@ -91,8 +101,6 @@ def _fmt(x: float | None) -> str:
 @app.command()
 def families() -> None:
     """List the built-in family configs."""
-    from lcd_cli.families.config import builtin_configs
-
     table = Table(title="Built-in family configs")
     for col in ("name", "family", "materializer", "description"):
         table.add_column(col)
@@ -123,9 +131,6 @@ def inspect(
     singular values of the kernel the order needed for a relative l2 error of 1e-2 / 1e-3
     and the lower bound (Eckart-Young floor) at orders 8/16/32/64.
     """
-    from lcd_cli.inspection import FLOOR_ORDERS, inspect_checkpoint
-    from lcd_cli.io.checkpoint import open_checkpoint
-
     with _errors(ctx), open_checkpoint(checkpoint) as ckpt:
         if keys:
             for info in ckpt.tensors.values():
@@ -191,6 +196,9 @@ def distill(
         "<folder>-lcd for sharded inputs).")] = None,
     report: Annotated[Path | None, typer.Option(
         help="YAML report (default <stem>.lcd.report.yaml).")] = None,
+    layout: Annotated[str, typer.Option(
+        help="Output layout: how the fitted SSMs are stored (lcd: <layer>.ssm.poles / "
+        ".ssm.residues). See docs/architecture.md.")] = "lcd",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the fitter's randomness.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
@@ -204,15 +212,11 @@ def distill(
     Tensors other than the kernel generators are copied bit for bit; each layer gets
     <layer>.ssm.poles and <layer>.ssm.residues (float32, (C, N, 2) [real, imag]).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from lcd_cli.distill import plan_distill, run_distill
-    from lcd_cli.io.checkpoint import open_checkpoint
-
     with _errors(ctx), open_checkpoint(checkpoint) as ckpt:
+        dev = None if dry_run else _device(device)
         plan = plan_distill(ckpt, order=order, tol=tol, max_order=max_order, family=family,
                             config=config, length=length, output=output, report=report,
-                            force=force)
+                            force=force, layout=layout, device=dev, seed=seed)
         if dry_run:
             desc = plan.describe()
             if as_json:
@@ -231,7 +235,6 @@ def distill(
                 for s in desc["skipped"]:
                     err.print(f"  {s['name']}  skipped: {s['reason']}", highlight=False)
             return
-        dev = _device(device)
         progress = Progress(TextColumn("{task.description}"), BarColumn(),
                             TextColumn("{task.completed}/{task.total} layers"),
                             TimeElapsedColumn(), console=err)
@@ -252,7 +255,7 @@ def distill(
 
         with progress:
             task = progress.add_task(f"distilling on {dev}", total=len(plan.layers))
-            result = run_distill(plan, ckpt, device=dev, seed=seed, force=force,
+            result = run_distill(plan, ckpt, force=force,
                                  command=shlex.join(["lcd", *sys.argv[1:]]), on_layer=on_layer)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -299,8 +302,6 @@ def verify(
     must be <= TOL, every pole inside the unit circle, and nothing NaN/Inf. Exit codes:
     0 pass, 1 a layer failed, 2 bad input.
     """
-    from lcd_cli.verify import verify_checkpoint
-
     with _errors(ctx):
         result = verify_checkpoint(distilled, reference, tol=tol, report=report, length=length,
                                    seed=seed, channels=channels)
@@ -340,8 +341,6 @@ def example(
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Write a small example checkpoint in a family's real key layout (deterministic)."""
-    from lcd_cli.examples import make_example, write_example
-
     with _errors(ctx):
         tensors = make_example(name, seed=seed, dtype=dtype)
         files = write_example(tensors, output, shards=shards, force=force,
@@ -387,8 +386,6 @@ def bench(
     Kernels are synthetic damped oscillations plus noise; the decoded layer is the distilled
     SSM in float32. Medians over --repeats timed runs after warm-up; spreads in --json.
     """
-    from lcd_cli.bench import parse_lengths, plot_bench, require_matplotlib, run_bench, settings_for
-
     with _errors(ctx):
         if plot is not None:
             require_matplotlib()

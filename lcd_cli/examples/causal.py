@@ -10,13 +10,12 @@ import torch
 from lcd_cli.errors import LcdError
 from lcd_cli.examples.weights import Tensors
 from lcd_cli.examples.weights import uniform as _uniform
+from lcd_cli.families.kernels.hyena import positional_features
 
 
 def hyenadna(g: torch.Generator, d_model: int = 64, n_layers: int = 2, l_max: int = 1026,
              emb_dim: int = 5, width: int = 64, sin_freq: float = 5.0) -> Tensors:
     """HyenaDNA "-hf" layout (hyena.backbone.layers.{i}.mixer.filter_fn.*)."""
-    from lcd_cli.families.kernels.hyena import positional_features
-
     z, t = positional_features(l_max, emb_dim)
     # HyenaDNA ExponentialModulation init: fast 0.3, slow 1.5, target 1e-2.
     deltas = torch.linspace(math.log(1e-2) / 1.5, math.log(1e-2) / 0.3, d_model, dtype=torch.float64)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from lcd_cli.examples.weights import Tensors
 from lcd_cli.examples.weights import uniform as _uniform
+from lcd_cli.families.kernels.hyena import positional_features
 
 _F64 = torch.float64
 
@@ -22,8 +23,6 @@ def _hyena_filter(g: torch.Generator, f: str, d_model: int, l_max: int, emb_dim:
     """One M2 ``HyenaFilter(bidirectional=True)``: implicit_filter and implicit_filter_rev
     (Linear, Sin, Linear, Sin, Linear, Sin, Linear; the Sin module shared, so its freq appears
     under every index of both MLPs), modulation, positional features and the bias D."""
-    from lcd_cli.families.kernels.hyena import positional_features
-
     z, t = positional_features(l_max, emb_dim)
     deltas = torch.linspace(math.log(1e-2) / 1.5, math.log(1e-2) / 0.3, d_model, dtype=_F64)
     freq = torch.full((1, width), sin_freq, dtype=_F64)

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from lcd_cli.errors import LcdError
+from lcd_cli.families.spec import FamilyConfig
 from lcd_cli.io.checkpoint import Checkpoint
-
-if TYPE_CHECKING:
-    from lcd_cli.families.spec import FamilyConfig
 
 
 @dataclass(frozen=True)

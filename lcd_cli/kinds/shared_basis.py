@@ -1,5 +1,7 @@
 """The shared-basis layer kind (STU / Flash-STU): one basis of poles fitted for every layer.
 
+Layer 4. Claims the family configs whose materializer is ``stu``.
+
 Dimensions: L filter length, K filters, N basis modes, I/O features, C approx channels, T check
 length, B batch.
 
@@ -16,15 +18,12 @@ Metadata: ``lcd_stu_basis`` (the basis prefix), ``lcd_stu_phi`` (stored | recomp
 
 from __future__ import annotations
 
-import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
-import yaml
 from torch import Tensor
 
-from lcd_cli import __version__
 from lcd_cli.errors import LcdError
 from lcd_cli.families.kernels.stu import (
     basis_prefix,
@@ -36,25 +35,130 @@ from lcd_cli.families.kernels.stu import (
     reference_forward,
     runtime,
 )
+from lcd_cli.families.layers import materialize
+from lcd_cli.families.spec import FamilyConfig
 from lcd_cli.families.view import Layer, LayerView
-from lcd_cli.io.checkpoint import Checkpoint, OutEntry, atomic_output, sha256_files, write_safetensors
+from lcd_cli.io.checkpoint import Checkpoint
+from lcd_cli.kinds.base import (
+    FitSettings,
+    KindOutput,
+    LayerKind,
+    OnLayer,
+    PlannedLayer,
+    VerifyOptions,
+)
+from lcd_cli.layouts.base import LayerResult, Layout, SharedResult
+from lcd_cli.numerics.checks import make_inputs
+from lcd_cli.numerics.compressibility import compressibility
 from lcd_cli.numerics.fit_shared import SharedFit, fit_shared
 from lcd_cli.numerics.metrics import kernel_errors
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 
-if TYPE_CHECKING:
-    from lcd_cli.distill import DistillPlan
-
 LAYOUT = "stu-shared-basis-v1"
 BASIS_POLES = "poles"
 BASIS_RESIDUES = "residues"
+STEP_CAP = 1024  # tokens run one by one in verify (the rest by prefill + scan)
 
 
+class SharedBasisKind(LayerKind):
+    name: ClassVar[str] = "shared-basis"
 
-# ----------------------------------------------------------------------------- distill
+    def claims(self, config: FamilyConfig) -> bool:
+        return config.materializer == "stu"
+
+    def removed_keys(self, layer: Layer) -> list[str]:
+        return []  # every layer's M matrices are kept byte for byte
+
+    def shared_keys(self, planned: list[PlannedLayer], layout: Layout) -> tuple[list[str],
+                                                                                  list[str]]:
+        """The phi buffer (where stored) goes; the basis comes, next to it."""
+        options = planned[0].layer.config.options
+        prefix = basis_prefix(options["phi_key"])
+        return ([options["phi_key"]], [f"{prefix}.{BASIS_POLES}", f"{prefix}.{BASIS_RESIDUES}"])
+
+    def check_plan(self, ckpt: Checkpoint, planned: list[PlannedLayer],
+                   others: list[PlannedLayer]) -> None:
+        """What an STU distillation cannot do, found from headers (before any fitting)."""
+        if others:
+            raise LcdError(f"STU layers cannot be distilled together with other families "
+                           f"({', '.join(p.name for p in others[:3])})", file=ckpt.source,
+                           hint="choose the STU config with --family")
+        keys = {(o["phi_key"], o["use_hankel_l"], o["basis"])
+                for o in (p.layer.config.options for p in planned)}
+        if len(keys) != 1:
+            raise LcdError("the STU layers use different phi buffers or basis options",
+                           file=ckpt.source, hint="distill one STU config at a time (--family)")
+        if ckpt.sharded:
+            raise LcdError("sharded STU checkpoints are not supported yet", file=ckpt.source,
+                           hint="merge the shards into one .safetensors file first")
+
+    def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
+            on_layer: OnLayer | None = None) -> KindOutput:
+        """Fit the shared basis once, then score every layer on it."""
+        opts = planned[0].layer.config.options
+        phi_key, hankel_l, basis_kind = opts["phi_key"], opts["use_hankel_l"], opts["basis"]
+        first = LayerView(ckpt, planned[0].layer)
+        info = layer_params_shape(first, opts)
+        start = time.perf_counter()
+        phi, stored = load_phi(first, opts, info["k"], info["length"])  # (L, K)
+        target = clean_target(phi, hankel_l) if stored else None  # (L, K)
+        fit = _fit(phi, settings, basis_kind == "real", settings.seed, target)
+        fit_seconds = time.perf_counter() - start
+        poles = from_pairs(to_pairs(fit.poles))  # (N,) as stored
+        residues = from_pairs(to_pairs(fit.residues))  # (K, N) as stored
+        results = []
+        for p in planned:
+            t0 = time.perf_counter()
+            view = LayerView(ckpt, p.layer)
+            shape = layer_params_shape(view, p.layer.config.options)
+            if shape["k"] != info["k"] or shape["length"] != info["length"]:
+                raise LcdError(f"layer K={shape['k']}, L={shape['length']} differs from the "
+                               f"first STU layer's K={info['k']}, L={info['length']}",
+                               file=ckpt.source, key=p.name)
+            params = load_layer(view, p.layer.config.options, phi)
+            h, pl, rs = modal_form(params, poles, residues)
+            stats = kernel_errors(h, pl, rs, order=fit.order)
+            stats |= {"name": p.name, "family": p.layer.config.name, "channels": p.channels,
+                      "length": p.length, "order": fit.order,
+                      "method": f"shared-basis ({basis_kind} poles) era+vp-lm",
+                      "seconds": round(time.perf_counter() - t0 + fit_seconds / len(planned), 3)}
+            if settings.tol is not None:
+                stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
+            res = LayerResult(p.name, {}, stats)
+            results.append(res)
+            if on_layer:
+                on_layer(res)
+        prefix = basis_prefix(phi_key)
+        phi_state = "stored" if stored else "recomputed"
+        report: dict[str, Any] = {"basis": {
+            "layout": LAYOUT, "prefix": prefix, "phi": phi_state, "poles": basis_kind,
+            "modes": fit.order, "states_per_branch": fit.states, "filters": phi.shape[1],
+            "length": phi.shape[0], "mse": fit.mse, "rel_l2_max": float(fit.rel_l2.max()),
+            "rel_l2_median": float(fit.rel_l2.median()),
+            "poles_fitted_on": "float64 recomputation (signs aligned)" if target is not None
+            else "the filters themselves", "seconds": round(fit_seconds, 3)}}
+        if not stored:
+            report["basis"]["caveat"] = (
+                "phi was recomputed (no stored buffer): eigenvector signs depend on the LAPACK "
+                "build, and the trained M matrices assume the training machine's signs")
+        shared = SharedResult(
+            prefix, {BASIS_POLES: to_pairs(fit.poles), BASIS_RESIDUES: to_pairs(fit.residues)},
+            metadata={"lcd_basis_layout": LAYOUT, "lcd_stu_basis": prefix,
+                      "lcd_stu_phi": phi_state, "lcd_stu_basis_poles": basis_kind},
+            report=report, ssm_params=2 * fit.order * (1 + phi.shape[1]))
+        return KindOutput(results, [shared])
+
+    def verify(self, distilled: Checkpoint, ref: Checkpoint, layers: list[Layer],
+               layout: Layout, options: VerifyOptions) -> list[dict[str, Any]]:
+        return verify_stu_layers(distilled, ref, layers, tol=options.tol, length=options.length,
+                                 seed=options.seed)
+
+    def compressibility(self, ckpt: Checkpoint, layer: Layer, channels: int) -> dict[str, Any]:
+        h, _ = materialize(ckpt, layer)  # (2K | K | C, L): the basis filters or approx kernels
+        return compressibility(h, channels=channels)
 
 
-def _fit(phi: Tensor, plan: DistillPlan, real: bool, seed: int,
+def _fit(phi: Tensor, plan: FitSettings, real: bool, seed: int,
          target: Tensor | None) -> SharedFit:
     h = phi.T.contiguous()  # (K, L)
     tgt = None if target is None else target.T.contiguous()  # (K, L)
@@ -73,108 +177,6 @@ def _fit(phi: Tensor, plan: DistillPlan, real: bool, seed: int,
         else:
             lo = mid
     return best
-
-
-def planned_keys(options: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Keys a distillation removes (the phi buffer, where stored) and adds (the basis)."""
-    prefix = basis_prefix(options["phi_key"])
-    return ([options["phi_key"]],
-            [f"{prefix}.{BASIS_POLES}", f"{prefix}.{BASIS_RESIDUES}"])
-
-
-def check_stu_plan(ckpt: Checkpoint, layers: list[Layer]) -> None:
-    """What an STU distillation cannot do, found from headers (before any fitting)."""
-    others = [la.prefix for la in layers if not is_stu(la)]
-    if others:
-        raise LcdError(f"STU layers cannot be distilled together with other families "
-                       f"({', '.join(others[:3])})", file=ckpt.source,
-                       hint="choose the STU config with --family")
-    keys = {(o["phi_key"], o["use_hankel_l"], o["basis"])
-            for o in (la.config.options for la in layers)}
-    if len(keys) != 1:
-        raise LcdError("the STU layers use different phi buffers or basis options",
-                       file=ckpt.source, hint="distill one STU config at a time (--family)")
-    if ckpt.sharded:
-        raise LcdError("sharded STU checkpoints are not supported yet", file=ckpt.source,
-                       hint="merge the shards into one .safetensors file first")
-
-
-def run_stu_distill(plan: DistillPlan, ckpt: Checkpoint, *, seed: int, force: bool,
-                    command: str, on_layer: Any = None) -> dict[str, Any]:
-    """Fit the shared basis once, score every layer on it, write checkpoint and report."""
-    from lcd_cli.distill import LayerResult, _report
-
-    layers = [p.layer for p in plan.layers]
-    check_stu_plan(ckpt, layers)
-    opts = [la.config.options for la in layers]
-    phi_key, hankel_l, basis_kind = (opts[0]["phi_key"], opts[0]["use_hankel_l"],
-                                     opts[0]["basis"])
-    first = LayerView(ckpt, layers[0])
-    info = layer_params_shape(first, opts[0])
-    start = time.perf_counter()
-    phi, stored = load_phi(first, opts[0], info["k"], info["length"])  # (L, K)
-    target = clean_target(phi, hankel_l) if stored else None  # (L, K)
-    fit = _fit(phi, plan, basis_kind == "real", seed, target)
-    fit_seconds = time.perf_counter() - start
-    poles = from_pairs(to_pairs(fit.poles))  # (N,) as stored
-    residues = from_pairs(to_pairs(fit.residues))  # (K, N) as stored
-    results = []
-    for planned in plan.layers:
-        t0 = time.perf_counter()
-        view = LayerView(ckpt, planned.layer)
-        shape = layer_params_shape(view, planned.layer.config.options)
-        if shape["k"] != info["k"] or shape["length"] != info["length"]:
-            raise LcdError(f"layer K={shape['k']}, L={shape['length']} differs from the first "
-                           f"STU layer's K={info['k']}, L={info['length']}", file=ckpt.source,
-                           key=planned.name)
-        params = load_layer(view, planned.layer.config.options, phi)
-        h, p, r = modal_form(params, poles, residues)
-        stats = kernel_errors(h, p, r, order=fit.order)
-        stats |= {"name": planned.name, "family": planned.layer.config.name,
-                  "channels": planned.channels, "length": planned.length, "order": fit.order,
-                  "method": f"shared-basis ({basis_kind} poles) era+vp-lm",
-                  "seconds": round(time.perf_counter() - t0 + fit_seconds / len(plan.layers), 3)}
-        if plan.tol is not None:
-            stats["tol_met"] = bool(stats["rel_l2"]["max"] <= plan.tol)
-        res = LayerResult(planned.name, to_pairs(fit.poles), to_pairs(fit.residues), stats)
-        results.append(res)
-        if on_layer:
-            on_layer(res)
-    prefix = basis_prefix(phi_key)
-    source_sha = sha256_files(ckpt.files)
-    metadata = {
-        **ckpt.metadata, "format": "pt", "lcd_version": __version__,
-        "lcd_family": ",".join(plan.configs), "lcd_layout": LAYOUT,
-        "lcd_order": json.dumps({r.name: r.stats["order"] for r in results}),
-        "lcd_source_sha256": source_sha, "lcd_config": json.dumps(plan.configs),
-        "lcd_stu_basis": prefix, "lcd_stu_phi": "stored" if stored else "recomputed",
-        "lcd_stu_basis_poles": basis_kind,
-    }
-    entries = [OutEntry.copy(i) for i in ckpt.tensors.values() if i.name != phi_key]
-    entries += [OutEntry.tensor(f"{prefix}.{BASIS_POLES}", to_pairs(fit.poles)),
-                OutEntry.tensor(f"{prefix}.{BASIS_RESIDUES}", to_pairs(fit.residues))]
-    with atomic_output(plan.output, force=force) as tmp:
-        write_safetensors(tmp, entries, metadata)
-    report = _report(plan, results, command, source_sha, sha256_files([plan.output]), None, seed)
-    report["totals"]["ssm_params"] = 2 * fit.order * (1 + phi.shape[1])
-    report["basis"] = {
-        "layout": LAYOUT, "prefix": prefix, "phi": "stored" if stored else "recomputed",
-        "poles": basis_kind, "modes": fit.order, "states_per_branch": fit.states,
-        "filters": phi.shape[1], "length": phi.shape[0], "mse": fit.mse,
-        "rel_l2_max": float(fit.rel_l2.max()), "rel_l2_median": float(fit.rel_l2.median()),
-        "poles_fitted_on": "float64 recomputation (signs aligned)" if target is not None
-        else "the filters themselves", "seconds": round(fit_seconds, 3),
-    }
-    if not stored:
-        report["basis"]["caveat"] = (
-            "phi was recomputed (no stored buffer): eigenvector signs depend on the LAPACK "
-            "build, and the trained M matrices assume the training machine's signs")
-    with atomic_output(plan.report, force=force) as tmp:
-        tmp.write_text(yaml.safe_dump(report, sort_keys=False, width=100))
-    return report
-
-
-# ----------------------------------------------------------------------------- verify
 
 
 def read_basis(distilled: Checkpoint, k: int) -> tuple[Tensor, Tensor]:
@@ -203,11 +205,10 @@ def _rel(y: Tensor, ref: Tensor) -> float:
 
 
 def verify_stu_layers(distilled: Checkpoint, ref: Checkpoint, layers: list[Layer], *, tol: float,
-                      length: int | None, seed: int, step_cap: int = 1024) -> list[dict[str, Any]]:
+                      length: int | None, seed: int, step_cap: int = STEP_CAP
+                      ) -> list[dict[str, Any]]:
     """Per layer: the float64 recurrence (step, prefill + step, scan) against the checkpoint's
     convolution on seeded noise / smooth / step inputs; the float32 scan is reported too."""
-    from lcd_cli.numerics.checks import make_inputs
-
     rows = []
     phi = None
     for layer in layers:
@@ -256,11 +257,3 @@ def verify_stu_layers(distilled: Checkpoint, ref: Checkpoint, layers: list[Layer
                      "step_tokens": min(t, step_cap), "seed": seed, "dtype": "float64",
                      "passed": not reasons, "reason": "; ".join(reasons)})
     return rows
-
-
-def is_stu(layer: Layer) -> bool:
-    return layer.config.materializer == "stu"
-
-
-__all__ = ["LAYOUT", "basis_prefix", "is_stu", "load_layer", "read_basis", "run_stu_distill",
-           "verify_stu_layers"]

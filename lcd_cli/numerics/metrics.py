@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lcd_cli.numerics.hankel import hankel_floor as floors_over_shapes
 from lcd_cli.numerics.modal import modal_kernel
 
 FLOOR_CHANNELS = 64  # channels sampled (evenly) for the Hankel floor
@@ -37,8 +38,6 @@ def sample_channels(channels: int, most: int) -> Tensor:
 
 def hankel_floor(h: Tensor, order: int) -> tuple[float, bool, int]:
     """Median Eckart-Young floor at ``order`` over sampled channels; (floor, rigorous, channels)."""
-    from lcd_cli.numerics.hankel import hankel_floor as floors_over_shapes
-
     idx = sample_channels(h.shape[0], FLOOR_CHANNELS)
     floor = floors_over_shapes(h[idx], [order], max_dense=DENSE_HANKEL_BUDGET)
     return float(floor.values[:, 0].quantile(0.5)), floor.rigorous, int(idx.numel())

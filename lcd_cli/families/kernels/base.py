@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-
-if TYPE_CHECKING:
-    from lcd_cli.families.view import LayerView
+from lcd_cli.families.view import LayerView
 
 OptionSpec = dict[str, tuple[tuple[type, ...], Any]]  # name -> (accepted types, default)
 

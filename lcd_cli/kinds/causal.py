@@ -1,0 +1,114 @@
+"""The causal layer kind: one diagonal SSM per channel in place of a causal long convolution.
+
+Layer 4. Dimensions: C channels, L kernel length, N modes, T check length.
+
+Each layer is materialized (C, L) float64, fitted with N modes per channel (fixed order, or
+the smallest order meeting --tol), scored on the float32 parameters as written, and stored as
+one part, ``ssm``. A source that already is a diagonal SSM hands the fitter its own poles as
+an extra start (order reduction within the class).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import torch
+
+from lcd_cli.families.layers import generator_info, materialize, source_modes
+from lcd_cli.families.spec import FamilyConfig
+from lcd_cli.families.view import Layer
+from lcd_cli.io.checkpoint import Checkpoint
+from lcd_cli.kinds.base import (
+    FitSettings,
+    KindOutput,
+    LayerKind,
+    OnLayer,
+    PlannedLayer,
+    VerifyOptions,
+    judge,
+)
+from lcd_cli.layouts.base import LayerResult, Layout
+from lcd_cli.layouts.lcd import read_ssm
+from lcd_cli.numerics.checks import verify_layer
+from lcd_cli.numerics.compressibility import compressibility
+from lcd_cli.numerics.fit import FitResult, fit_modal, fit_modal_to_tolerance
+from lcd_cli.numerics.metrics import kernel_errors
+from lcd_cli.numerics.modal import from_pairs, to_pairs
+
+PART = "ssm"
+
+
+def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None
+               ) -> FitResult:
+    """Fit (C, L) kernels at the settings' order, or to its tolerance."""
+    if settings.order is not None:
+        return fit_modal(h, settings.order, device=settings.device, seed=settings.seed,
+                         source=source)
+    assert settings.tol is not None
+    return fit_modal_to_tolerance(h, settings.tol, settings.max_order, device=settings.device,
+                                  seed=settings.seed, source=source)
+
+
+def skip_term(distilled: Checkpoint, layer: Layer, D_ref: torch.Tensor | None
+              ) -> torch.Tensor | None:
+    """The distilled checkpoint's D (C,) float64 where it holds one, else the reference's."""
+    if layer.skip_key and layer.skip_key in distilled:
+        return distilled.get(layer.skip_key, torch.float64).reshape(-1)
+    return D_ref
+
+
+class CausalKind(LayerKind):
+    name: ClassVar[str] = "causal"
+
+    def claims(self, config: FamilyConfig) -> bool:
+        return config.causal
+
+    def parts(self, layer: Layer) -> list[str]:
+        return [PART]
+
+    def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
+            on_layer: OnLayer | None = None) -> KindOutput:
+        results = []
+        for p in planned:
+            res = self._fit_layer(ckpt, p, settings)
+            results.append(res)
+            if on_layer:
+                on_layer(res)
+        return KindOutput(results)
+
+    def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings
+                   ) -> LayerResult:
+        start = time.perf_counter()
+        h, _ = materialize(ckpt, planned.layer)  # (C, L) float64
+        fit = fit_kernel(h, settings, source_modes(ckpt, planned.layer))
+        poles, residues = to_pairs(fit.poles), to_pairs(fit.residues)  # (C, N, 2) float32
+        stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order)
+        stats |= {"name": planned.name, "family": planned.layer.config.name,
+                  "channels": planned.channels, "length": planned.length, "order": fit.order,
+                  "method": fit.method, "seconds": round(time.perf_counter() - start, 3)}
+        if settings.tol is not None:
+            stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
+        if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, cond(V)
+            stats["generator_info"] = facts
+        return LayerResult(planned.name, {PART: (poles, residues)}, stats)
+
+    def verify(self, distilled: Checkpoint, ref: Checkpoint, layers: list[Layer],
+               layout: Layout, options: VerifyOptions) -> list[dict[str, Any]]:
+        """Each layer's three runtime paths against its convolution (numerics.checks)."""
+        rows = []
+        for layer in layers:
+            h, D_ref = materialize(ref, layer)  # (C, L)
+            D = skip_term(distilled, layer, D_ref)
+            ssm = read_ssm(distilled, layout.part_keys(layer.prefix, PART), D, h.shape[0])
+            check = verify_layer(h, D, ssm, length=options.length or h.shape[1],
+                                 seed=options.seed, max_channels=options.channels)
+            rows.append(judge({"name": layer.prefix, **check.to_dict()}, finite=check.finite,
+                              pole_abs={"": check.max_pole_abs}, worst=check.worst,
+                              tol=options.tol, reported=options.reported.get(layer.prefix),
+                              channels=h.shape[0], orders=[ssm.order]))
+        return rows
+
+    def compressibility(self, ckpt: Checkpoint, layer: Layer, channels: int) -> dict[str, Any]:
+        h, _ = materialize(ckpt, layer)  # (C, L)
+        return compressibility(h, channels=channels)

@@ -1,0 +1,17 @@
+"""Output layouts, by name (``lcd distill --layout``; recorded as metadata ``lcd_layout``)."""
+
+from lcd_cli.errors import LcdError
+from lcd_cli.layouts.base import LayerResult, Layout, SharedResult
+from lcd_cli.layouts.lcd import LcdLayout
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (LcdLayout(),)}
+
+
+def get_layout(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise LcdError(f"unknown layout '{name}'", key="layout",
+                       hint=f"choose one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
+
+__all__ = ["LAYOUTS", "LayerResult", "Layout", "SharedResult", "get_layout"]
