@@ -192,10 +192,12 @@ def distill(
     config: ConfigOpt = None,
     length: LengthOpt = None,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Output checkpoint (default <stem>.lcd.safetensors; a folder "
-        "<folder>-lcd for sharded inputs).")] = None,
+        "--output", "-o", help="Output checkpoint (default <stem>.lcd.safetensors beside a single "
+        "file; for a model folder or a sharded checkpoint a new folder, <folder>-lcd beside it).")
+    ] = None,
     report: Annotated[Path | None, typer.Option(
-        help="YAML report (default <stem>.lcd.report.yaml).")] = None,
+        help="YAML report (default: inside an output folder, lcd.report.yaml; beside an output "
+        "file, named after it: <output stem>.report.yaml).")] = None,
     layout: Annotated[str, typer.Option(
         help="Output layout: how the fitted SSMs are stored (lcd: <layer>.ssm.poles / "
         ".ssm.residues). See docs/architecture.md.")] = "lcd",
@@ -216,7 +218,8 @@ def distill(
         dev = None if dry_run else _device(device)
         plan = plan_distill(ckpt, order=order, tol=tol, max_order=max_order, family=family,
                             config=config, length=length, output=output, report=report,
-                            force=force, layout=layout, device=dev, seed=seed)
+                            force=force, layout=layout, device=dev, seed=seed,
+                            argument=checkpoint)
         if dry_run:
             desc = plan.describe()
             if as_json:

@@ -6,14 +6,17 @@ into tensors (lcd_cli.layouts); this module writes the checkpoint and the report
 family and no kind.
 
 Output: every tensor that a kind does not remove is copied byte for byte; each layer's new
-tensors go into the shard that held its first generator key (shared ones into the first shard
-of what they replace); a sharded input gives a sharded output (same shard names).
+tensors go into the shard that held its first generator key (shared ones into the first
+shard). A single file gives a file; a model folder (sharded, or holding config.json) gives a
+model folder with the same weight file names, its other files and the report
+(lcd_cli.pipeline.folders), written as one unit.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from lcd_cli.io.checkpoint import (
 )
 from lcd_cli.kinds.base import OnLayer
 from lcd_cli.layouts import LayerResult, SharedResult
+from lcd_cli.pipeline.folders import CONFIG_JSON, REPORT_NAME, auxiliary_files, patched_config
 from lcd_cli.pipeline.plan import DistillPlan
 from lcd_cli.pipeline.report import build_report
 
@@ -64,16 +68,42 @@ def run_distill(
     }
     for s in shared:
         metadata |= s.metadata
-    write_checkpoint(plan, ckpt, results, shared, metadata, force)
-    out_files = ([plan.output / "model.safetensors.index.json"] if plan.sharded else [plan.output])
-    report = build_report(plan, results, shared, command, source_sha, sha256_files(out_files))
-    with atomic_output(plan.report, force=force) as tmp:
-        tmp.write_text(yaml.safe_dump(report, sort_keys=False, width=100))
-    return report
+    entries = output_entries(plan, ckpt, results, shared)
+    lcd_section = {"lcd_version": __version__, "layout": plan.layout.name,
+                   "orders": {r.name: r.stats["order"] for r in results},
+                   "source_sha256": source_sha, "report": REPORT_NAME}
+
+    def make_report(out_files: list[Path]) -> str:
+        report = build_report(plan, results, shared, command, source_sha,
+                              sha256_files(out_files))
+        holder["report"] = report
+        return yaml.safe_dump(report, sort_keys=False, width=100)
+
+    holder: dict[str, Any] = {}
+    if plan.folder is None:
+        with atomic_output(plan.output, force=force) as tmp:
+            write_safetensors(tmp, entries[ckpt.shards[0]], metadata)
+            text = make_report([tmp])
+        with atomic_output(plan.report, force=force) as tmp:
+            tmp.write_text(text)
+        return holder["report"]
+    inside = plan.report.parent.resolve() == plan.output.resolve()
+    with atomic_output(plan.output, force=force, directory=True) as tmp:
+        weights = write_folder(tmp, plan, ckpt, entries, metadata, lcd_section)
+        text = make_report(weights)
+        if inside:
+            (tmp / plan.report.name).write_text(text)
+    if not inside:
+        with atomic_output(plan.report, force=force) as tmp:
+            tmp.write_text(text)
+    return holder["report"]
 
 
-def write_checkpoint(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerResult],
-                     shared: list[SharedResult], metadata: dict[str, str], force: bool) -> None:
+def output_entries(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerResult],
+                   shared: list[SharedResult]) -> dict[Path, list[OutEntry]]:
+    """The tensors of each output shard (keyed by input shard): untouched ones copied byte for
+    byte, in input order, then each layer's new tensors in the shard of its first generator key,
+    then shared ones in the first shard."""
     removed = {k for g in plan.groups for p in g.layers for k in g.kind.removed_keys(p.layer)}
     for g in plan.groups:
         removed |= set(g.kind.shared_keys(g.layers, plan.layout)[0])
@@ -89,16 +119,34 @@ def write_checkpoint(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerRes
     for s in shared:
         shard_entries[ckpt.shards[0]] += [OutEntry.tensor(k, v)
                                           for k, v in plan.layout.shared_tensors(s)]
-    if not plan.sharded:
-        with atomic_output(plan.output, force=force) as tmp:
-            write_safetensors(tmp, shard_entries[ckpt.shards[0]], metadata)
-        return
-    with atomic_output(plan.output, force=force, directory=True) as tmp:
-        weight_map: dict[str, str] = {}
-        total = 0
-        for shard, entries in shard_entries.items():
-            write_safetensors(tmp / shard.name, entries, metadata)
-            weight_map |= {e.name: shard.name for e in entries}
-            total += sum(math.prod(e.shape) * DTYPES[e.dtype][0] for e in entries)
-        write_index(tmp / "model.safetensors.index.json", weight_map, total,
-                    {"lcd_version": __version__})
+    return shard_entries
+
+
+def write_folder(tmp: Path, plan: DistillPlan, ckpt: Checkpoint,
+                 entries: dict[Path, list[OutEntry]], metadata: dict[str, str],
+                 lcd_section: dict[str, Any]) -> list[Path]:
+    """Fill a model folder: weights named like the input's, every non-weight file of the
+    input folder copied, config.json with its ``lcd`` section. Returns the weight files
+    (index first) whose sha256 the report records."""
+    assert plan.folder is not None
+    for rel in auxiliary_files(plan.folder, ckpt.files):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        src = plan.folder / rel
+        if rel.as_posix() == CONFIG_JSON:
+            (tmp / rel).write_text(patched_config(src.read_text(), lcd_section, src))
+        else:
+            shutil.copyfile(src, tmp / rel)
+    if not ckpt.sharded:
+        out = tmp / ckpt.source.name
+        write_safetensors(out, entries[ckpt.shards[0]], metadata)
+        return [out]
+    weight_map: dict[str, str] = {}
+    total = 0
+    for shard, shard_entries in entries.items():
+        write_safetensors(tmp / shard.name, shard_entries, metadata)
+        weight_map |= {e.name: shard.name for e in shard_entries}
+        total += sum(math.prod(e.shape) * DTYPES[e.dtype][0] for e in shard_entries)
+    assert ckpt.index is not None
+    index = tmp / ckpt.index.name
+    write_index(index, weight_map, total, {"lcd_version": __version__})
+    return [index, *(tmp / shard.name for shard in entries)]

@@ -15,6 +15,12 @@ from lcd_cli.families.layers import layer_summary, select_configs
 from lcd_cli.io.checkpoint import Checkpoint
 from lcd_cli.kinds import FitSettings, LayerKind, PlannedLayer, kind_for
 from lcd_cli.layouts import Layout, get_layout
+from lcd_cli.pipeline.folders import (
+    REPORT_NAME,
+    check_output_folder,
+    default_folder_output,
+    is_model_folder,
+)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class DistillPlan:
     layout: Layout
     sharded: bool
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    folder: Path | None = None  # the input model folder, when distilled as one (pipeline.folders)
 
     @property
     def layers(self) -> list[PlannedLayer]:
@@ -77,13 +84,17 @@ class DistillPlan:
         return desc
 
 
-def default_outputs(source: Path, sharded: bool) -> tuple[Path, Path]:
-    """``<stem>.lcd.safetensors`` (or folder ``<folder>-lcd``) and ``<stem>.lcd.report.yaml``."""
-    if sharded:
-        folder = source.parent
-        return folder.with_name(folder.name + "-lcd"), folder.with_name(folder.name + "-lcd.report.yaml")
-    stem = source.name.removesuffix(".safetensors")
-    return source.with_name(f"{stem}.lcd.safetensors"), source.with_name(f"{stem}.lcd.report.yaml")
+def default_outputs(ckpt: Checkpoint, folder: Path | None, output: Path | None
+                    ) -> tuple[Path, Path]:
+    """Output and report paths. A model folder gives a folder (default ``<folder>-lcd``) with
+    the report inside; a single file gives ``<stem>.lcd.safetensors`` and the report beside the
+    output, named after it (``<output stem>.report.yaml``)."""
+    if folder is not None:
+        out = Path(output) if output else default_folder_output(folder)
+        return out, out / REPORT_NAME
+    out = Path(output) if output else ckpt.source.with_name(
+        ckpt.source.name.removesuffix(".safetensors") + ".lcd.safetensors")
+    return out, out.with_name(out.name.removesuffix(".safetensors") + ".report.yaml")
 
 
 def plan_distill(
@@ -101,7 +112,9 @@ def plan_distill(
     layout: str = "lcd",
     device: str | None = None,
     seed: int = 0,
+    argument: Path | None = None,
 ) -> DistillPlan:
+    """The plan for distilling ``ckpt`` (opened from ``argument``: a file, index or folder)."""
     if (order is None) == (tol is None):
         raise LcdError("give exactly one of --order N or --tol EPS")
     if order is not None and order < 1:
@@ -140,12 +153,15 @@ def plan_distill(
     for g in groups.values():  # what a kind cannot do, before any tensor is loaded
         others = [p for o in groups.values() if o is not g for p in o.layers]
         g.kind.check_plan(ckpt, g.layers, others)
-    out_default, report_default = default_outputs(ckpt.source, ckpt.sharded)
-    output = Path(output) if output else out_default
+    home = ckpt.shards[0].parent
+    folder = home if is_model_folder(Path(argument or ckpt.source), home, ckpt.sharded) else None
+    output, report_default = default_outputs(ckpt, folder, output)
     report = Path(report) if report else report_default
+    if folder is not None:
+        check_output_folder(output, ckpt.files)
     inputs = {p.resolve() for p in ckpt.files}
     for target in (output, report):
-        if target.resolve() in inputs or (ckpt.sharded and target.resolve() == ckpt.source.parent.resolve()):
+        if target.resolve() in inputs:
             raise LcdError("the output would overwrite the input", file=target,
                            hint="choose another --output / --report")
         if target.exists() and not force:
@@ -154,4 +170,4 @@ def plan_distill(
     settings = FitSettings(order, tol, max_order, device=device, seed=seed)
     configs = {cfg.name: {**cfg.raw, "options": cfg.options} for cfg, _ in found}
     return DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
-                       chosen_layout, ckpt.sharded, configs)
+                       chosen_layout, ckpt.sharded, configs, folder)

@@ -23,6 +23,7 @@ from lcd_cli.families.layers import find_layers
 from lcd_cli.io.checkpoint import Checkpoint, open_checkpoint
 from lcd_cli.kinds import VerifyOptions, kind_for
 from lcd_cli.layouts import get_layout
+from lcd_cli.pipeline.folders import REPORT_NAME
 
 DEFAULT_TOL = 1e-2
 # Layout names written by earlier lcd versions, and the layout that reads them.
@@ -48,16 +49,24 @@ def _configs(distilled: Checkpoint) -> list[Any]:
             for name, doc in docs.items()]
 
 
+def default_report(distilled: Checkpoint) -> Path | None:
+    """Where `lcd distill` put the report by default: inside a distilled model folder, else
+    beside the file, named after it (and, for outputs of earlier versions, beside the folder)."""
+    folder = distilled.shards[0].parent
+    candidates = [folder / REPORT_NAME,
+                  distilled.source.with_name(
+                      distilled.source.name.removesuffix(".safetensors") + ".report.yaml"),
+                  folder.with_name(folder.name + ".report.yaml")]
+    if not distilled.sharded:
+        candidates.pop()
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def _load_report(distilled: Checkpoint, report: Path | None) -> dict[str, Any] | None:
     path = report
     if path is None:
-        # Beside the distilled output, as `lcd distill` names it by default.
-        if distilled.sharded:
-            path = distilled.source.parent.with_name(distilled.source.parent.name + ".report.yaml")
-        else:
-            path = distilled.source.with_name(
-                distilled.source.name.removesuffix(".safetensors") + ".report.yaml")
-        if not path.exists():
+        path = default_report(distilled)
+        if path is None:
             return None
     try:
         doc = yaml.safe_load(Path(path).read_text())
