@@ -74,6 +74,9 @@ class LayerKind:
     """A way of distilling layers. Subclasses set ``name`` and implement the methods."""
 
     name: ClassVar[str]
+    # Whether each layer is fitted on its own (so the pipeline may fit, keep and reuse them
+    # one at a time); False for kinds that fit their layers jointly.
+    independent_layers: ClassVar[bool] = True
 
     def claims(self, config: FamilyConfig) -> bool:
         """Whether layers of this family config are of this kind."""

@@ -62,6 +62,7 @@ STEP_CAP = 1024  # tokens run one by one in verify (the rest by prefill + scan)
 
 class SharedBasisKind(LayerKind):
     name: ClassVar[str] = "shared-basis"
+    independent_layers: ClassVar[bool] = False  # one basis for every layer
 
     def claims(self, config: FamilyConfig) -> bool:
         return config.materializer == "stu"

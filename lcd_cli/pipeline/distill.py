@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from lcd_cli import __version__
+from lcd_cli.errors import LcdError
 from lcd_cli.io.checkpoint import (
     DTYPES,
     Checkpoint,
@@ -37,6 +38,7 @@ from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.folders import CONFIG_JSON, REPORT_NAME, auxiliary_files, patched_config
 from lcd_cli.pipeline.plan import DistillPlan
 from lcd_cli.pipeline.report import build_report
+from lcd_cli.pipeline.resume import ResumeStore, store_for
 
 
 def run_distill(
@@ -47,14 +49,37 @@ def run_distill(
     command: str = "",
     on_layer: OnLayer | None = None,
 ) -> dict[str, Any]:
-    """Fit every planned layer kind by kind, then write checkpoint and report atomically."""
+    """Fit every planned layer kind by kind, then write checkpoint and report atomically.
+
+    Layers of kinds that fit them one at a time are kept as they finish (pipeline.resume): a
+    rerun after an interruption or a crash reuses them.
+    """
+    source_sha = sha256_files(ckpt.files)
+    store = ResumeStore(store_for(plan.output), source_sha, plan.settings, plan.layout.name)
     results: list[LayerResult] = []
     shared: list[SharedResult] = []
-    for group in plan.groups:
-        out = group.kind.fit(ckpt, group.layers, plan.settings, on_layer)
-        results += out.layers
-        shared += out.shared
-    source_sha = sha256_files(ckpt.files)
+    try:
+        for group in plan.groups:
+            if not group.kind.independent_layers:
+                out = group.kind.fit(ckpt, group.layers, plan.settings, on_layer)
+                results += out.layers
+                shared += out.shared
+                continue
+            for planned in group.layers:
+                res = store.load(planned)
+                if res is None:
+                    res = group.kind.fit(ckpt, [planned], plan.settings).layers[0]
+                    store.save(planned, res)
+                else:
+                    res.stats["resumed"] = True
+                results.append(res)
+                if on_layer:
+                    on_layer(res)
+    except KeyboardInterrupt:
+        kept = len(store.saved) + len(store.reused)
+        raise LcdError(f"interrupted after {len(results)} of {len(plan.layers)} layer(s); "
+                       f"{kept} fitted layer(s) are kept in {store.folder}", exit_code=130,
+                       hint="run the same command again to resume from them") from None
     metadata = {
         **ckpt.metadata,
         "format": "pt",
@@ -69,6 +94,7 @@ def run_distill(
     for s in shared:
         metadata |= s.metadata
     entries = output_entries(plan, ckpt, results, shared)
+    store_done = store.discard
     lcd_section = {"lcd_version": __version__, "layout": plan.layout.name,
                    "orders": {r.name: r.stats["order"] for r in results},
                    "source_sha256": source_sha, "report": REPORT_NAME}
@@ -86,6 +112,7 @@ def run_distill(
             text = make_report([tmp])
         with atomic_output(plan.report, force=force) as tmp:
             tmp.write_text(text)
+        store_done()
         return holder["report"]
     inside = plan.report.parent.resolve() == plan.output.resolve()
     with atomic_output(plan.output, force=force, directory=True) as tmp:
@@ -96,6 +123,7 @@ def run_distill(
     if not inside:
         with atomic_output(plan.report, force=force) as tmp:
             tmp.write_text(text)
+    store_done()
     return holder["report"]
 
 

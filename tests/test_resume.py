@@ -1,0 +1,74 @@
+"""Resumable runs: a run interrupted midway keeps its finished layers, and the rerun reuses
+them (and only them), writing the same tensors as an uninterrupted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.kinds.causal import CausalKind
+from lcd_cli.pipeline.resume import store_for
+from tests.conftest import lcd
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    with open_checkpoint(path) as ckpt:
+        return {k: ckpt.get(k) for k in ckpt.tensors}
+
+
+def test_interrupted_run_resumes_from_its_finished_layers(write_ckpt, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    src = write_ckpt("hyenadna")  # two layers
+    fresh = tmp_path / "fresh.safetensors"
+    assert lcd("distill", src, "--order", "3", "-o", fresh).exit_code == 0
+    out = tmp_path / "out.safetensors"
+    real = CausalKind._fit_layer
+    calls: list[str] = []
+
+    def interrupt_second(self, ckpt, planned, settings):
+        calls.append(planned.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, ckpt, planned, settings)
+
+    monkeypatch.setattr(CausalKind, "_fit_layer", interrupt_second)
+    result = lcd("distill", src, "--order", "3", "-o", out)
+    assert result.exit_code == 130
+    assert "interrupted after 1 of 2 layer(s)" in result.output
+    assert "run the same command again" in result.output
+    assert not out.exists()
+    assert len(list(store_for(out).iterdir())) == 1
+
+    calls.clear()
+    monkeypatch.setattr(CausalKind, "_fit_layer", lambda self, c, p, s: (
+        calls.append(p.name), real(self, c, p, s))[1])
+    result = lcd("distill", src, "--order", "3", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1  # only the layer that had not finished
+    assert not store_for(out).exists()  # the store goes once the outputs are written
+    a, b = tensors(fresh), tensors(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_settings_do_not_reuse_kept_layers(write_ckpt, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    src = write_ckpt("hyenadna")
+    out = tmp_path / "out.safetensors"
+    real = CausalKind._fit_layer
+    calls: list[str] = []
+
+    def interrupt_second(self, ckpt, planned, settings):
+        calls.append(planned.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, ckpt, planned, settings)
+
+    monkeypatch.setattr(CausalKind, "_fit_layer", interrupt_second)
+    assert lcd("distill", src, "--order", "3", "-o", out).exit_code == 130
+    calls.clear()
+    monkeypatch.setattr(CausalKind, "_fit_layer", lambda self, c, p, s: (
+        calls.append(p.name), real(self, c, p, s))[1])
+    assert lcd("distill", src, "--order", "4", "-o", out).exit_code == 0
+    assert len(calls) == 2  # another order: nothing reused
