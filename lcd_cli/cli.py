@@ -260,6 +260,8 @@ def distill(
             task = progress.add_task(f"distilling on {dev}", total=len(plan.layers))
             result = run_distill(plan, ckpt, force=force,
                                  command=shlex.join(["lcd", *sys.argv[1:]]), on_layer=on_layer)
+    if result.get("written_by", 0) != result.get("rank", 0):
+        return  # torchrun: another rank writes the output and prints the summary
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -36,7 +36,7 @@ def test_interrupted_run_resumes_from_its_finished_layers(write_ckpt, tmp_path: 
     monkeypatch.setattr(CausalKind, "_fit_layer", interrupt_second)
     result = lcd("distill", src, "--order", "3", "-o", out)
     assert result.exit_code == 130
-    assert "interrupted after 1 of 2 layer(s)" in result.output
+    assert "interrupted with 1 of 2 layer(s) fitted" in result.output
     assert "run the same command again" in result.output
     assert not out.exists()
     assert len(list(store_for(out).iterdir())) == 1

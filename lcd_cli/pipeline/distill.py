@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from lcd_cli.io.checkpoint import (
 )
 from lcd_cli.kinds.base import OnLayer
 from lcd_cli.layouts import LayerResult, SharedResult
+from lcd_cli.pipeline.distributed import Ranks, ranks, shutdown
 from lcd_cli.pipeline.folders import CONFIG_JSON, REPORT_NAME, auxiliary_files, patched_config
 from lcd_cli.pipeline.plan import DistillPlan
 from lcd_cli.pipeline.report import build_report
@@ -56,30 +58,17 @@ def run_distill(
     """
     source_sha = sha256_files(ckpt.files)
     store = ResumeStore(store_for(plan.output), source_sha, plan.settings, plan.layout.name)
-    results: list[LayerResult] = []
-    shared: list[SharedResult] = []
+    job = ranks(plan.settings.device)
     try:
-        for group in plan.groups:
-            if not group.kind.independent_layers:
-                out = group.kind.fit(ckpt, group.layers, plan.settings, on_layer)
-                results += out.layers
-                shared += out.shared
-                continue
-            for planned in group.layers:
-                res = store.load(planned)
-                if res is None:
-                    res = group.kind.fit(ckpt, [planned], plan.settings).layers[0]
-                    store.save(planned, res)
-                else:
-                    res.stats["resumed"] = True
-                results.append(res)
-                if on_layer:
-                    on_layer(res)
+        results, shared = fit_all(plan, ckpt, store, job, on_layer)
     except KeyboardInterrupt:
         kept = len(store.saved) + len(store.reused)
-        raise LcdError(f"interrupted after {len(results)} of {len(plan.layers)} layer(s); "
-                       f"{kept} fitted layer(s) are kept in {store.folder}", exit_code=130,
+        raise LcdError(f"interrupted with {kept} of {len(plan.layers)} layer(s) fitted; they "
+                       f"are kept in {store.folder}", exit_code=130,
                        hint="run the same command again to resume from them") from None
+    if not job.writer:  # torchrun: rank 0 writes the one output
+        shutdown(job)
+        return {"rank": job.rank, "written_by": 0, "layers": [], "output": {"path": None}}
     metadata = {
         **ckpt.metadata,
         "format": "pt",
@@ -113,6 +102,7 @@ def run_distill(
         with atomic_output(plan.report, force=force) as tmp:
             tmp.write_text(text)
         store_done()
+        shutdown(job)
         return holder["report"]
     inside = plan.report.parent.resolve() == plan.output.resolve()
     with atomic_output(plan.output, force=force, directory=True) as tmp:
@@ -124,7 +114,40 @@ def run_distill(
         with atomic_output(plan.report, force=force) as tmp:
             tmp.write_text(text)
     store_done()
+    shutdown(job)
     return holder["report"]
+
+
+def fit_all(plan: DistillPlan, ckpt: Checkpoint, store: ResumeStore, job: Ranks,
+            on_layer: OnLayer | None) -> tuple[list[LayerResult], list[SharedResult]]:
+    """Fit every group, in plan order: layers of one-at-a-time kinds are taken from the resume
+    store or fitted and kept; under torchrun each rank fits its share and all are gathered."""
+    settings = replace(plan.settings, device=job.device(plan.settings.device))
+    results: list[LayerResult] = []
+    shared: list[SharedResult] = []
+    for group in plan.groups:
+        if not group.kind.independent_layers:
+            if job.writer:
+                out = group.kind.fit(ckpt, group.layers, settings, on_layer)
+                results += out.layers
+                shared += out.shared
+            continue
+        fitted: dict[str, LayerResult] = {}
+        for i, planned in enumerate(group.layers):
+            if not job.mine(i):
+                continue
+            res = store.load(planned)
+            if res is None:
+                res = group.kind.fit(ckpt, [planned], settings).layers[0]
+                store.save(planned, res)
+            else:
+                res.stats["resumed"] = True
+            fitted[planned.name] = res
+            if on_layer:
+                on_layer(res)
+        fitted = job.gather(fitted)
+        results += [fitted[p.name] for p in group.layers]
+    return results, shared
 
 
 def output_entries(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerResult],
