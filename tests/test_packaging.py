@@ -64,3 +64,34 @@ def test_install_check_rejects_what_is_missing(tmp_path: Path) -> None:
         assert ("not from this checkout" in run.stderr  # lcd installed, but from ROOT
                 or "lcd-cli: not installed" in run.stderr), run.stderr
         assert (run.stdout.split() == ["torch"]) == torch_first, run.stdout
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    """What the fresh-machine CI run cannot see: a dependency dropped from pyproject.toml that
+    is still installed through another one (rich comes with typer) or by the image (numpy)."""
+    import ast
+    import sys
+
+    check = _install_check()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {check.import_name(check.parse_requirement(r)[0]) for r in reqs}
+
+    runtime = names(project["dependencies"])
+    allowed = {  # folder: what its code may import besides the standard library and itself
+        "lcd_cli": runtime | names([r for k, v in extras.items() if k != "test" for r in v]),
+        "tests": runtime | names([r for v in extras.values() for r in v]),
+    }
+    undeclared = set()
+    for folder, ok in allowed.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                        [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                        and node.module else [])
+                for top in {m.split(".")[0] for m in mods} - ok - set(sys.stdlib_module_names):
+                    if top not in ("lcd_cli", "tests"):
+                        undeclared.add(f"{path.relative_to(ROOT)}: {top}")
+    assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"
