@@ -57,15 +57,21 @@ LengthOpt = Annotated[int | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
+def _print_version(value: bool) -> None:
+    """Eager `--version`: runs while parsing, so `lcd --version` needs no command."""
+    if value:
+        print(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_print_version,
+        is_eager=True)] = False,
 ) -> None:
-    if version:
-        print(__version__)
-        raise typer.Exit(0)
     ctx.obj = {"debug": debug}
 
 

@@ -3,6 +3,8 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k hyena`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_install.sh
+source scripts/_install.sh --test
+echo "[test] ruff check lcd_cli tests scripts" >&2
 "$PY" -m ruff check lcd_cli tests scripts
+echo "[test] pytest -q $*" >&2
 "$PY" -m pytest -q "$@"

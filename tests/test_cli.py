@@ -234,3 +234,12 @@ def test_example_help_names_every_example() -> None:
     words = set(re.split(r"[\s,.():│]+", result.output))  # rich wraps and boxes the help
     missing = [name for name in EXAMPLES if name not in words]
     assert not missing, f"`lcd example --help` does not name {missing}"
+
+
+def test_version_and_bare_lcd() -> None:
+    from lcd_cli import __version__
+
+    result = lcd("--version")
+    assert result.exit_code == 0 and result.output.strip() == __version__, result.output
+    result = lcd()  # no command: the help, not a version or a crash
+    assert "Usage" in result.output and "distill" in result.output, result.output
