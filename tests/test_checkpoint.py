@@ -82,9 +82,9 @@ def _header(entries: dict, data: bytes) -> bytes:
         ("truncated-data", lambda p: _bad(p, "d.safetensors", _header(
             {"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8)),
          "truncated"),
-        ("unknown-dtype", lambda p: _bad(p, "u.safetensors", _header(
-            {"x": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"\0")),
-         "unknown dtype"),
+        ("unknown-dtype-misfit", lambda p: _bad(p, "u.safetensors", _header(
+            {"x": {"dtype": "Q7", "shape": [3], "data_offsets": [0, 1]}}, b"\0")),
+         "unknown dtype Q7"),
     ],
 )
 def test_bad_files_are_named(tmp_path: Path, name: str, make, needle: str) -> None:
