@@ -1,3 +1,3 @@
-from lcd_cli.cli import app
+from lcd_cli.cli import run
 
-app(prog_name="lcd")
+run()

@@ -26,6 +26,7 @@ from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.families.config import builtin_configs
 from lcd_cli.io.checkpoint import open_checkpoint
+from lcd_cli.io.signals import run_terminable
 from lcd_cli.numerics.compressibility import FLOOR_ORDERS
 from lcd_cli.pipeline.distill import run_distill
 from lcd_cli.pipeline.inspect import inspect_checkpoint
@@ -442,3 +443,9 @@ def _bench_summary(result: dict[str, Any]) -> None:
     err.print(f"fit: {s['fit_channels']} channel(s) per length, {s['fit_repeats']} timed run(s); "
               f"peak memory {mem} MB ({s['peak_mem_method']}). Tokens per timed run: recurrent "
               f"{s['tokens']} (at most L/2), FFT {fft_n}, direct {dir_n}.", highlight=False)
+
+
+def run() -> None:
+    """The `lcd` entry point: SIGTERM and SIGHUP handled like Ctrl-C (temporaries removed, a
+    one-line message, exit 143 / 129 / 130)."""
+    run_terminable(lambda: app(prog_name="lcd"), prog="lcd")

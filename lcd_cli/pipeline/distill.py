@@ -29,11 +29,11 @@ from lcd_cli.io.checkpoint import (
     DTYPES,
     Checkpoint,
     OutEntry,
-    atomic_output,
     sha256_files,
     write_index,
     write_safetensors,
 )
+from lcd_cli.io.signals import Terminated
 from lcd_cli.kinds.base import OnLayer
 from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.distributed import Ranks, ranks, shutdown
@@ -61,10 +61,11 @@ def run_distill(
     job = ranks(plan.settings.device)
     try:
         results, shared = fit_all(plan, ckpt, store, job, on_layer)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         kept = len(store.saved) + len(store.reused)
+        code = stop.exit_code if isinstance(stop, Terminated) else 130
         raise LcdError(f"interrupted with {kept} of {len(plan.layers)} layer(s) fitted; they "
-                       f"are kept in {store.folder}", exit_code=130,
+                       f"are kept in {store.folder}", exit_code=code,
                        hint="run the same command again to resume from them") from None
     if not job.writer:  # torchrun: rank 0 writes the one output
         shutdown(job)
@@ -83,7 +84,6 @@ def run_distill(
     for s in shared:
         metadata |= s.metadata
     entries = output_entries(plan, ckpt, results, shared)
-    store_done = store.discard
     lcd_section = {"lcd_version": __version__, "layout": plan.layout.name,
                    "orders": {r.name: r.stats["order"] for r in results},
                    "source_sha256": source_sha, "report": REPORT_NAME}
@@ -95,25 +95,21 @@ def run_distill(
         return yaml.safe_dump(report, sort_keys=False, width=100)
 
     holder: dict[str, Any] = {}
-    if plan.folder is None:
-        with atomic_output(plan.output, force=force) as tmp:
-            write_safetensors(tmp, entries[ckpt.shards[0]], metadata)
-            text = make_report([tmp])
-        with atomic_output(plan.report, force=force) as tmp:
-            tmp.write_text(text)
-        store_done()
-        shutdown(job)
-        return holder["report"]
-    inside = plan.report.parent.resolve() == plan.output.resolve()
-    with atomic_output(plan.output, force=force, directory=True) as tmp:
-        weights = write_folder(tmp, plan, ckpt, entries, metadata, lcd_section)
-        text = make_report(weights)
-        if inside:
-            (tmp / plan.report.name).write_text(text)
-    if not inside:
-        with atomic_output(plan.report, force=force) as tmp:
-            tmp.write_text(text)
-    store_done()
+    txn = plan.transaction
+    assert txn is not None, "plans are made by plan_distill"
+    with txn:  # checks again, makes the temporaries; nothing lands unless all of it does
+        out = txn.path(plan.output)
+        if plan.folder is None:
+            write_safetensors(out, entries[ckpt.shards[0]], metadata)
+            text = make_report([out])
+        else:
+            text = make_report(write_folder(out, plan, ckpt, entries, metadata, lcd_section))
+        if plan.report_inside:
+            (out / plan.report.name).write_text(text)
+        else:
+            txn.path(plan.report).write_text(text)
+        txn.commit()
+    store.discard()
     shutdown(job)
     return holder["report"]
 

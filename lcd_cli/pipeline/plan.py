@@ -13,10 +13,12 @@ from typing import Any
 from lcd_cli.errors import LcdError
 from lcd_cli.families.layers import layer_summary, select_configs
 from lcd_cli.io.checkpoint import Checkpoint
+from lcd_cli.io.transaction import OutputTransaction, Target
 from lcd_cli.kinds import FitSettings, LayerKind, PlannedLayer, kind_for
 from lcd_cli.layouts import Layout, get_layout
 from lcd_cli.pipeline.folders import (
     REPORT_NAME,
+    auxiliary_files,
     check_output_folder,
     default_folder_output,
     is_model_folder,
@@ -45,6 +47,12 @@ class DistillPlan:
     sharded: bool
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     folder: Path | None = None  # the input model folder, when distilled as one (pipeline.folders)
+    transaction: OutputTransaction | None = None  # every output, validated at plan time
+
+    @property
+    def report_inside(self) -> bool:
+        """Whether the report is written inside the output folder (one target, not two)."""
+        return self.folder is not None and self.report.parent.resolve() == self.output.resolve()
 
     @property
     def layers(self) -> list[PlannedLayer]:
@@ -159,15 +167,29 @@ def plan_distill(
     report = Path(report) if report else report_default
     if folder is not None:
         check_output_folder(output, ckpt.files)
-    inputs = {p.resolve() for p in ckpt.files}
-    for target in (output, report):
-        if target.resolve() in inputs:
-            raise LcdError("the output would overwrite the input", file=target,
-                           hint="choose another --output / --report")
-        if target.exists() and not force:
-            raise LcdError("the output already exists", file=target,
-                           hint="pass --force to overwrite it, or choose another path")
     settings = FitSettings(order, tol, max_order, device=device, seed=seed)
     configs = {cfg.name: {**cfg.raw, "options": cfg.options} for cfg, _ in found}
-    return DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
+    plan = DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
                        chosen_layout, ckpt.sharded, configs, folder)
+    # Every target checked against the others and the inputs (links resolved), its folder,
+    # existing outputs (--force) and free space, before any tensor is loaded.
+    size = planned_bytes(ckpt, plan)
+    targets = [Target(output, "file" if folder is None else "dir", nbytes=size,
+                      label="checkpoint" if folder is None else "output folder")]
+    if not plan.report_inside:
+        targets.append(Target(report, "file", label="report"))
+    plan.transaction = OutputTransaction(targets, inputs=ckpt.files, force=force)
+    return plan
+
+
+def planned_bytes(ckpt: Checkpoint, plan: DistillPlan) -> int:
+    """An upper bound on the output's size: every input tensor, plus (C, N, 2) float32 poles and
+    residues per fitted part at the largest order allowed, plus the folder's other files."""
+    n = plan.order or plan.max_order
+    added = sum(2 * p.channels * n * 2 * 4 * len(g.kind.parts(p.layer))
+                for g in plan.groups for p in g.layers)
+    extra = 0
+    if plan.folder is not None:
+        extra = sum((plan.folder / rel).stat().st_size
+                    for rel in auxiliary_files(plan.folder, ckpt.files))
+    return sum(i.nbytes for i in ckpt.tensors.values()) + added + extra
