@@ -85,7 +85,7 @@ def write_checkpoint(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerRes
     for r in results:
         layer = planned[r.name].layer
         home = ckpt.info(layer.generator_keys[0]).shard if layer.generator_keys else ckpt.shards[0]
-        shard_entries[home] += [OutEntry.tensor(k, v) for k, v in plan.layout.layer_tensors(r)]
+        shard_entries[home] += [OutEntry.tensor(k, v) for k, v in plan.layout.layer_tensors(r, results)]
     for s in shared:
         shard_entries[ckpt.shards[0]] += [OutEntry.tensor(k, v)
                                           for k, v in plan.layout.shared_tensors(s)]

@@ -140,6 +140,8 @@ def plan_distill(
     for g in groups.values():  # what a kind cannot do, before any tensor is loaded
         others = [p for o in groups.values() if o is not g for p in o.layers]
         g.kind.check_plan(ckpt, g.layers, others)
+    chosen_layout.check_plan(ckpt, [(p.layer, g.kind.parts(p.layer)) for g in groups.values()
+                                    for p in g.layers])
     out_default, report_default = default_outputs(ckpt.source, ckpt.sharded)
     output = Path(output) if output else out_default
     report = Path(report) if report else report_default
