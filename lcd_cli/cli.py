@@ -22,6 +22,7 @@ from rich.table import Table
 
 from lcd_cli import __version__
 from lcd_cli.bench import parse_lengths, plot_bench, require_matplotlib, run_bench, settings_for
+from lcd_cli.engines import stripedhyena as stripedhyena_engine
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.families.config import builtin_configs
@@ -43,6 +44,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+ENGINES = {"stripedhyena": stripedhyena_engine}  # `lcd verify --engine NAME`
 err = Console(stderr=True)
 if not err.is_terminal:
     err.width = max(err.width, 160)  # logs and CI: don't squeeze tables to 80 columns
@@ -305,6 +307,11 @@ def verify(
     seed: Annotated[int, typer.Option(help="Seed of the test inputs.")] = 0,
     channels: Annotated[int | None, typer.Option(
         help="Check only this many channels per layer (evenly spaced).")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="Also run both models in a real engine and compare their logits (parallel and "
+        "recurrent): stripedhyena. Needs model folders (config.json + weights).")] = None,
+    engine_tol: Annotated[float | None, typer.Option(
+        help="Largest logits relative error allowed with --engine [1e-2].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the recurrent SSM against the original convolution; exit 1 if any layer fails.
@@ -317,12 +324,29 @@ def verify(
     with _errors(ctx):
         result = verify_checkpoint(distilled, reference, tol=tol, report=report, length=length,
                                    seed=seed, channels=channels)
+        if engine is not None:
+            result["engine"] = engine_check(engine, distilled, reference, engine_tol, seed)
+            result["passed"] = result["passed"] and result["engine"]["passed"]
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         _verify_summary(result)
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+def engine_check(engine: str, distilled: Path, reference: Path, tol: float | None,
+                 seed: int) -> dict[str, Any]:
+    """Model-level check in a real engine: logits of the distilled model against the original."""
+    if engine not in ENGINES:
+        raise LcdError(f"unknown engine '{engine}'", key="engine",
+                       hint=f"choose one of {', '.join(ENGINES)}")
+    module = ENGINES[engine]
+    limit = module.DEFAULT_TOL if tol is None else tol
+    folder = [p if p.is_dir() else p.parent for p in (reference, distilled)]
+    comp = module.compare_logits(folder[0], folder[1], seed=seed)
+    worst = max(comp["parallel"]["rel_err"], comp["recurrent"]["rel_err"])
+    return {**comp, "engine": engine, "tol": limit, "worst": worst, "passed": worst <= limit}
 
 
 def _verify_summary(result: dict[str, Any]) -> None:
@@ -335,6 +359,12 @@ def _verify_summary(result: dict[str, Any]) -> None:
                       str(row["finite"]), _fmt(beyond["deviation"]) if beyond else "-",
                       "[green]ok[/]" if row["passed"] else f"[red]FAIL[/] {row['reason']}")
     err.print(table)
+    if "engine" in result:
+        e = result["engine"]
+        err.print(f"engine {e['engine']}: logits rel err parallel {e['parallel']['rel_err']:.2e} "
+                  f"(top-1 {e['parallel']['top1']:.1%}), recurrent "
+                  f"{e['recurrent']['rel_err']:.2e} (top-1 {e['recurrent']['top1']:.1%}); "
+                  f"tol {e['tol']:.1e}: {'ok' if e['passed'] else 'FAIL'}", highlight=False)
     verdict = "[green]passed[/]" if result["passed"] else "[red]failed[/]"
     err.print(f"{verdict}: {sum(r['passed'] for r in result['layers'])}/{len(result['layers'])} "
               "layer(s) within tolerance")

@@ -29,7 +29,6 @@ from lcd_cli.kinds.base import (
     judge,
 )
 from lcd_cli.layouts.base import LayerResult, Layout
-from lcd_cli.layouts.lcd import read_ssm
 from lcd_cli.numerics.checks import verify_layer
 from lcd_cli.numerics.compressibility import compressibility
 from lcd_cli.numerics.fit import FitResult, fit_modal, fit_modal_to_tolerance
@@ -100,7 +99,7 @@ class CausalKind(LayerKind):
         for layer in layers:
             h, D_ref = materialize(ref, layer)  # (C, L)
             D = skip_term(distilled, layer, D_ref)
-            ssm = read_ssm(distilled, layout.part_keys(layer.prefix, PART), D, h.shape[0])
+            ssm = layout.read_part(distilled, layer.prefix, PART, D, h.shape[0])
             check = verify_layer(h, D, ssm, length=options.length or h.shape[1],
                                  seed=options.seed, max_channels=options.channels)
             rows.append(judge({"name": layer.prefix, **check.to_dict()}, finite=check.finite,

@@ -34,7 +34,6 @@ from lcd_cli.kinds.base import (
 )
 from lcd_cli.kinds.causal import fit_kernel, skip_term
 from lcd_cli.layouts.base import LayerResult, Layout
-from lcd_cli.layouts.lcd import read_ssm
 from lcd_cli.numerics.checks import INPUT_KINDS, even_channels, make_inputs, verify_layer
 from lcd_cli.numerics.compressibility import two_sided_compressibility
 from lcd_cli.numerics.modal import from_pairs, to_pairs
@@ -99,8 +98,8 @@ class TwoSidedKind(LayerKind):
         D = skip_term(distilled, layer, D_ref)
         n_ch, kernel_len = k_fwd.shape
         hint = "a non-causal layer needs both ssm.* and ssm_rev.* tensors"
-        fwd = read_ssm(distilled, layout.part_keys(layer.prefix, FWD), D, n_ch, hint)
-        rev = read_ssm(distilled, layout.part_keys(layer.prefix, REV), None, n_ch, hint)
+        fwd = layout.read_part(distilled, layer.prefix, FWD, D, n_ch, hint)
+        rev = layout.read_part(distilled, layer.prefix, REV, None, n_ch, hint)
         T = length or kernel_len
         checks = {"fwd": verify_layer(k_fwd, D, fwd, length=T, seed=seed, max_channels=channels),
                   "rev": verify_layer(k_rev, None, rev, length=T, seed=seed, max_channels=channels)}

@@ -3,8 +3,9 @@
 from lcd_cli.errors import LcdError
 from lcd_cli.layouts.base import LayerResult, Layout, SharedResult
 from lcd_cli.layouts.lcd import LcdLayout
+from lcd_cli.layouts.stripedhyena import StripedHyenaLayout
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (LcdLayout(),)}
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (LcdLayout(), StripedHyenaLayout())}
 
 
 def get_layout(name: str) -> Layout:

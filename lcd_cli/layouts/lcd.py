@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
+from lcd_cli.layouts.base import Layout, read_ssm
 
-from lcd_cli.errors import LcdError
-from lcd_cli.io.checkpoint import Checkpoint
-from lcd_cli.layouts.base import Layout
-from lcd_cli.numerics.ssm import DiagonalSSM
+__all__ = ["LcdLayout", "read_ssm"]  # read_ssm lives in layouts.base (the default reader)
 
 
 class LcdLayout(Layout):
@@ -23,23 +20,3 @@ class LcdLayout(Layout):
 
     def part_keys(self, prefix: str, part: str) -> tuple[str, str]:
         return f"{prefix}.{part}.poles", f"{prefix}.{part}.residues"
-
-
-def read_ssm(distilled: Checkpoint, keys: tuple[str, str], D: torch.Tensor | None,
-             channels: int, hint: str | None = None) -> DiagonalSSM:
-    """A distilled layer part (poles, residues keys) as a float64 DiagonalSSM, shapes checked
-    against the reference's channel count. NaN/Inf are left for the check to judge."""
-    for key in keys:
-        if key not in distilled:
-            raise LcdError("the distilled layer is missing", file=distilled.source, key=key,
-                           hint=hint)
-        shape = distilled.info(key).shape
-        if len(shape) != 3 or shape[0] != channels or shape[2] != 2:
-            raise LcdError(f"expected shape ({channels}, N, 2), got {list(shape)}",
-                           file=distilled.source, key=key)
-    if distilled.info(keys[0]).shape != distilled.info(keys[1]).shape:
-        raise LcdError("poles and residues have different shapes", file=distilled.source,
-                       key=keys[1])
-    poles = distilled.get(keys[0], torch.float64, finite=False)  # (C, N, 2)
-    residues = distilled.get(keys[1], torch.float64, finite=False)  # (C, N, 2)
-    return DiagonalSSM.from_pairs(poles, residues, D, dtype=torch.float64)

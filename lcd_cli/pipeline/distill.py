@@ -103,7 +103,8 @@ def run_distill(
             write_safetensors(out, entries[ckpt.shards[0]], metadata)
             text = make_report([out])
         else:
-            text = make_report(write_folder(out, plan, ckpt, entries, metadata, lcd_section))
+            text = make_report(write_folder(out, plan, ckpt, entries, metadata, lcd_section,
+                                            results))
         if plan.report_inside:
             (out / plan.report.name).write_text(text)
         else:
@@ -162,7 +163,7 @@ def output_entries(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerResul
     for r in results:
         layer = planned[r.name].layer
         home = ckpt.info(layer.generator_keys[0]).shard if layer.generator_keys else ckpt.shards[0]
-        shard_entries[home] += [OutEntry.tensor(k, v) for k, v in plan.layout.layer_tensors(r)]
+        shard_entries[home] += [OutEntry.tensor(k, v) for k, v in plan.layout.layer_tensors(r, results)]
     for s in shared:
         shard_entries[ckpt.shards[0]] += [OutEntry.tensor(k, v)
                                           for k, v in plan.layout.shared_tensors(s)]
@@ -171,7 +172,7 @@ def output_entries(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerResul
 
 def write_folder(tmp: Path, plan: DistillPlan, ckpt: Checkpoint,
                  entries: dict[Path, list[OutEntry]], metadata: dict[str, str],
-                 lcd_section: dict[str, Any]) -> list[Path]:
+                 lcd_section: dict[str, Any], results: list[LayerResult]) -> list[Path]:
     """Fill a model folder: weights named like the input's, every non-weight file of the
     input folder copied, config.json with its ``lcd`` section. Returns the weight files
     (index first) whose sha256 the report records."""
@@ -180,7 +181,9 @@ def write_folder(tmp: Path, plan: DistillPlan, ckpt: Checkpoint,
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         src = plan.folder / rel
         if rel.as_posix() == CONFIG_JSON:
-            (tmp / rel).write_text(patched_config(src.read_text(), lcd_section, src))
+            (tmp / rel).write_text(patched_config(
+                src.read_text(), lcd_section, src,
+                lambda doc: plan.layout.config_patch(doc, results)))
         else:
             shutil.copyfile(src, tmp / rel)
     if not ckpt.sharded:

@@ -13,6 +13,7 @@ generation_config.json, *.py, README...), the report, and config.json with an ``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,17 @@ def auxiliary_files(folder: Path, checkpoint_files: list[Path]) -> list[Path]:
     return found
 
 
-def patched_config(text: str, lcd_section: dict[str, Any], origin: Path) -> str:
-    """config.json with the ``lcd`` section added (JSON object required)."""
+def patched_config(text: str, lcd_section: dict[str, Any], origin: Path,
+                   patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
+    """config.json with the layout's changes (``patch``, e.g. an engine's state size) and the
+    ``lcd`` section added (JSON object required)."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise LcdError(f"config.json is not valid JSON ({e})", file=origin) from e
     if not isinstance(doc, dict):
         raise LcdError("config.json is not a JSON object", file=origin)
+    if patch is not None:
+        doc = patch(doc)
     doc["lcd"] = lcd_section
     return json.dumps(doc, indent=2) + "\n"

@@ -161,6 +161,8 @@ def plan_distill(
     for g in groups.values():  # what a kind cannot do, before any tensor is loaded
         others = [p for o in groups.values() if o is not g for p in o.layers]
         g.kind.check_plan(ckpt, g.layers, others)
+    chosen_layout.check_plan(ckpt, [(p.layer, g.kind.parts(p.layer)) for g in groups.values()
+                                    for p in g.layers])
     home = ckpt.shards[0].parent
     folder = home if is_model_folder(Path(argument or ckpt.source), home, ckpt.sharded) else None
     output, report_default = default_outputs(ckpt, folder, output)

@@ -1,0 +1,56 @@
+"""Float32-faithful scoring (numerics.metrics.rel_l2_f32eval): the stored float32 parameters as
+a complex64 engine evaluates them, against naive float64 references and on a fragile fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lcd_cli.numerics.metrics import f32_kernels, kernel_errors, rel_l2_f32eval
+from lcd_cli.numerics.modal import from_pairs, to_pairs
+from tests.conftest import naive_modal
+
+BENIGN_POLE = 0.9 * complex(math.cos(0.3), math.sin(0.3))
+# Issue 14's fragile mode: a near-real pole carrying a huge imaginary residue.
+FRAGILE_POLE, FRAGILE_RESIDUE = complex(-0.2472, 2.3e-7), complex(1.3, -8543.0)
+
+
+def stored(poles: list[list[complex]], residues: list[list[complex]]) -> tuple[torch.Tensor, ...]:
+    """float32 [real, imag] pairs (C, N, 2), as a checkpoint stores them."""
+    return (to_pairs(torch.tensor(poles, dtype=torch.complex128)),
+            to_pairs(torch.tensor(residues, dtype=torch.complex128)))
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])
+def test_f32_kernels_match_the_naive_float64_kernel(length: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    p = torch.polar(0.3 + 0.69 * torch.rand(5, 4, generator=g, dtype=torch.float64),
+                    math.pi * torch.rand(5, 4, generator=g, dtype=torch.float64))
+    r = torch.randn(5, 4, generator=g, dtype=torch.complex128)
+    pp, rp = to_pairs(p), to_pairs(r)
+    ref = naive_modal(from_pairs(pp).numpy(), from_pairs(rp).numpy(), length)  # float64
+    h_exp, h_rec = f32_kernels(pp, rp, length)
+    scale = np.abs(ref).max()
+    assert np.abs(h_exp.numpy() - ref).max() <= 1e-5 * scale
+    assert np.abs(h_rec.numpy() - ref).max() <= 1e-5 * scale
+    # The engine's (C, N, 1, 2) layout gives the same kernels.
+    assert torch.equal(f32_kernels(pp[:, :, None], rp[:, :, None], length)[0], h_exp)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])
+def test_float64_scoring_hides_a_fragile_fit_that_f32_evaluation_catches(length: int) -> None:
+    """Channel 0 carries the fragile mode, channel 1 only benign ones. In float64 both fits are
+    exact (the target is their own float64 kernel); in complex64 the fragile one is ~1e-4 off."""
+    pp, rp = stored([[FRAGILE_POLE, BENIGN_POLE], [0.5, BENIGN_POLE]],
+                    [[FRAGILE_RESIDUE, 0.5 + 0.2j], [0.3, 0.5 + 0.2j]])
+    h = torch.tensor(naive_modal(from_pairs(pp).numpy(), from_pairs(rp).numpy(), length))
+    f64 = kernel_errors(h, from_pairs(pp), from_pairs(rp), order=2)
+    assert f64["rel_l2"]["max"] <= 1e-10  # what the float64 report shows (1e-13: cancellation)
+    f32 = rel_l2_f32eval(h, pp, rp)  # (C,)
+    assert f32.shape == (2,)
+    assert f32[0] >= 1e-5  # the engine's kernel is visibly off
+    assert f32[1] <= 1e-6  # benign modes: float32 rounding only
+    assert f32[0] >= 100 * f32[1]
