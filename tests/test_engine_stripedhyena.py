@@ -114,15 +114,16 @@ def source_model(engine: Any, folder: Path, seed: int = 0) -> Path:
 
 
 def distill(source: Path, out: Path, order: int) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    res = lcd("distill", source / "model.safetensors", "--order", order, "--layout",
-              "stripedhyena", "--length", FIT_LENGTH, "-o", out / "model.safetensors",
-              "--report", out / "report.yaml", "--device", "cpu")
+    """`lcd distill FOLDER --layout stripedhyena`: a model folder whose config.json the layout
+    patched (state_size = K), loadable by the engine as it is."""
+    res = lcd("distill", source, "--order", order, "--layout", "stripedhyena", "--length",
+              FIT_LENGTH, "-o", out, "--device", "cpu")
     assert res.exit_code == 0, res.output
     with safe_open(out / "model.safetensors", framework="pt") as f:
         k = int(f.metadata()["lcd_state_size"])
-    config = json.loads((source / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(config | {"state_size": k}))
+    config = json.loads((out / "config.json").read_text())
+    assert config["state_size"] == k and config["lcd"]["layout"] == "stripedhyena"
+    assert (out / "lcd.report.yaml").is_file()
     return out
 
 
@@ -355,3 +356,17 @@ def test_layout_refuses_layers_the_engine_cannot_hold(write_ckpt: Any, example: 
     res = lcd("distill", src, "--order", 4, "--layout", "stripedhyena", "--dry-run")
     assert res.exit_code == 2
     assert "--layout stripedhyena cannot store" in res.output and "--layout lcd" in res.output
+
+
+def test_verify_engine_flag_checks_logits(engine: Any, models: dict) -> None:
+    """`lcd verify --engine stripedhyena`: the layer checks plus the model-level logits check
+    in the engine; a tolerance below the measured error fails with exit 1."""
+    ok = lcd("verify", models["full"], "--reference", models["source"], "--engine",
+             "stripedhyena", "--json")
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.stdout)
+    assert doc["engine"]["passed"] and doc["engine"]["worst"] <= PARITY
+    tight = lcd("verify", models["half"], "--reference", models["source"], "--engine",
+                "stripedhyena", "--engine-tol", "1e-6", "--tol", "0.9")
+    assert tight.exit_code == 1, tight.output
+    assert "engine stripedhyena" in tight.output and "FAIL" in tight.output
