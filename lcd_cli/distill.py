@@ -25,12 +25,15 @@ from lcd_cli import __version__
 from lcd_cli.errors import LcdError
 from lcd_cli.families.layers import (
     Layer,
+    echo_config,
     generator_info,
+    layer_options,
     layer_summary,
     materialize,
     select_configs,
     source_modes,
 )
+from lcd_cli.families.view import join_key
 from lcd_cli.io.checkpoint import (
     DTYPES,
     Checkpoint,
@@ -84,7 +87,7 @@ class DistillPlan:
                     "max_order": self.max_order,
                     "layers": [{"name": p.name, "family": p.layer.config.name,
                                 "channels": p.channels, "length": p.length, "remove": [],
-                                "add": []} for p in stu],
+                                "add": [], **layer_options(p.layer)} for p in stu],
                     "shared": {"remove": remove, "add": add}, "skipped": self.skipped}
         return {
             "source": str(self.source),
@@ -95,9 +98,10 @@ class DistillPlan:
             "max_order": self.max_order,
             "layers": [{"name": p.name, "family": p.layer.config.name, "channels": p.channels,
                         "length": p.length, "remove": list(p.layer.generator_keys),
-                        "add": [f"{p.name}.{SSM_POLES}", f"{p.name}.{SSM_RESIDUES}"]
+                        "add": [join_key(p.name, SSM_POLES), join_key(p.name, SSM_RESIDUES)]
                         + ([] if p.layer.config.causal else
-                           [f"{p.name}.ssm_rev.poles", f"{p.name}.ssm_rev.residues"])}
+                           [join_key(p.name, "ssm_rev.poles"), join_key(p.name, "ssm_rev.residues")]),
+                        **layer_options(p.layer)}
                        for p in self.layers],
             "skipped": self.skipped,
         }
@@ -124,6 +128,8 @@ def plan_distill(
     output: Path | None = None,
     report: Path | None = None,
     force: bool = False,
+    sets: list[str] | None = None,
+    model_config: Path | None = None,
 ) -> DistillPlan:
     if (order is None) == (tol is None):
         raise LcdError("give exactly one of --order N or --tol EPS")
@@ -132,7 +138,7 @@ def plan_distill(
     if max_order < 1:
         raise LcdError(f"--max-order {max_order} must be at least 1")
     options = {"length": length} if length is not None else None
-    found = select_configs(ckpt, family, config, options)
+    found = select_configs(ckpt, family, config, options, sets=sets, model_config=model_config)
     layers, skipped, problems = [], [], []
     for cfg, cfg_layers in found:
         for layer in cfg_layers:
@@ -170,7 +176,7 @@ def plan_distill(
             raise LcdError("the output already exists", file=target,
                            hint="pass --force to overwrite it, or choose another path")
     return DistillPlan(ckpt.source, output, report, layers, skipped, order, tol, max_order,
-                       ckpt.sharded, {cfg.name: {**cfg.raw, "options": cfg.options} for cfg, _ in found})
+                       ckpt.sharded, {cfg.name: echo_config(cfg) for cfg, _ in found})
 
 
 @dataclass
@@ -264,11 +270,11 @@ def _write_checkpoint(plan: DistillPlan, ckpt: Checkpoint, results: list[LayerRe
             shard_entries[info.shard].append(OutEntry.copy(info))
     for name, shard in home.items():
         r = by_layer[name]
-        shard_entries[shard] += [OutEntry.tensor(f"{name}.{SSM_POLES}", r.poles),
-                                 OutEntry.tensor(f"{name}.{SSM_RESIDUES}", r.residues)]
+        shard_entries[shard] += [OutEntry.tensor(join_key(name, SSM_POLES), r.poles),
+                                 OutEntry.tensor(join_key(name, SSM_RESIDUES), r.residues)]
         if r.rev is not None:
-            shard_entries[shard] += [OutEntry.tensor(f"{name}.ssm_rev.poles", r.rev[0]),
-                                     OutEntry.tensor(f"{name}.ssm_rev.residues", r.rev[1])]
+            shard_entries[shard] += [OutEntry.tensor(join_key(name, "ssm_rev.poles"), r.rev[0]),
+                                     OutEntry.tensor(join_key(name, "ssm_rev.residues"), r.rev[1])]
     if not plan.sharded:
         with atomic_output(plan.output, force=force) as tmp:
             write_safetensors(tmp, shard_entries[ckpt.shards[0]], metadata)
@@ -299,6 +305,7 @@ def _report(plan: DistillPlan, results: list[LayerResult], command: str, source_
         "settings": {"order": plan.order, "tol": plan.tol, "max_order": plan.max_order},
         "tolerance": plan.tol,
         "configs": plan.configs,
+        "layer_options": {p.name: layer_options(p.layer) for p in plan.layers},
         "layers": layers,
         "skipped": plan.skipped,
         "totals": {

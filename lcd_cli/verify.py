@@ -19,6 +19,7 @@ from lcd_cli.distill import SSM_POLES, SSM_RESIDUES
 from lcd_cli.errors import LcdError
 from lcd_cli.families.config import parse_config
 from lcd_cli.families.layers import find_layers, materialize
+from lcd_cli.families.view import join_key
 from lcd_cli.io.checkpoint import Checkpoint, open_checkpoint
 from lcd_cli.numerics.checks import verify_layer
 from lcd_cli.numerics.ssm import DiagonalSSM
@@ -65,7 +66,7 @@ def load_ssm(distilled: Checkpoint, prefix: str, D: torch.Tensor | None, channel
              hint: str | None = None) -> DiagonalSSM:
     """A distilled layer's ``<prefix>.<names>`` poles / residues as a float64 DiagonalSSM,
     shapes checked against the reference's channel count."""
-    keys = (f"{prefix}.{names[0]}", f"{prefix}.{names[1]}")
+    keys = (join_key(prefix, names[0]), join_key(prefix, names[1]))
     for key in keys:
         if key not in distilled:
             raise LcdError("the distilled layer is missing", file=distilled.source, key=key,
