@@ -26,6 +26,7 @@ from lcd_cli.engines import stripedhyena as stripedhyena_engine
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.families.config import builtin_configs
+from lcd_cli.families.model_config import describe
 from lcd_cli.io.checkpoint import open_checkpoint
 from lcd_cli.io.signals import run_terminable
 from lcd_cli.numerics.compressibility import FLOOR_ORDERS
@@ -58,6 +59,12 @@ LengthOpt = Annotated[int | None, typer.Option(
     "--length", "-L", help="Kernel length to use (truncates a stored kernel; required for modal "
     "layers whose config gives none).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Kernel option NAME=VALUE (repeatable; VALUE a YAML scalar, e.g. --set "
+    "decay=fixed): beats the model's config, tensor evidence and the defaults.")]
+ModelConfigOpt = Annotated[Path | None, typer.Option(
+    "--model-config", help="The model's config.json or training config (YAML/JSON) to read "
+    "kernel options from (default: config.json beside the checkpoint).")]
 
 
 def _print_version(value: bool) -> None:
@@ -132,6 +139,8 @@ def inspect(
         "--analysis/--no-analysis", help="Materialize kernels and analyse compressibility "
         "(--no-analysis reads headers only).")] = True,
     keys: Annotated[bool, typer.Option("--keys", help="Also list every tensor key.")] = False,
+    sets: SetOpt = None,
+    model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find the long-conv layers and show how compressible each kernel is.
@@ -145,7 +154,8 @@ def inspect(
             for info in ckpt.tensors.values():
                 err.print(f"{info.name}  {info.dtype}  {list(info.shape)}", highlight=False)
         result = inspect_checkpoint(ckpt, family=family, config=config, length=length,
-                                    channels=channels, analyse=analysis)
+                                    channels=channels, analyse=analysis, sets=sets,
+                                    model_config=model_config)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -174,6 +184,10 @@ def inspect(
             cells += ["skip"] * (2 + len(FLOOR_ORDERS))
         table.add_row(*cells)
     err.print(table)
+    for row in result["layers"]:  # each option's value and where it came from
+        line = describe(row["options"], row["option_sources"])
+        err.print(f"{row['name'] or '(file)'} options: {line}", highlight=False, markup=False,
+                  soft_wrap=True)
     for row in result["layers"]:  # facts about the source generator (e.g. SSM state, cond(V))
         if row.get("generator_info"):
             facts = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
@@ -214,8 +228,10 @@ def distill(
     seed: Annotated[int, typer.Option(help="Seed of the fitter's randomness.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan (layers, keys removed and added) and stop; reads "
-        "headers only.")] = False,
+        "--dry-run", help="Print the plan (layers, options and their sources, keys removed and "
+        "added) and stop; reads headers (and small tensors that decide options) only.")] = False,
+    sets: SetOpt = None,
+    model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit a diagonal SSM to every long-conv layer and write a new checkpoint plus a report.
@@ -228,7 +244,7 @@ def distill(
         plan = plan_distill(ckpt, order=order, tol=tol, max_order=max_order, family=family,
                             config=config, length=length, output=output, report=report,
                             force=force, layout=layout, device=dev, seed=seed,
-                            argument=checkpoint)
+                            argument=checkpoint, sets=sets, model_config=model_config)
         if dry_run:
             desc = plan.describe()
             if as_json:
@@ -240,6 +256,9 @@ def distill(
                     err.print(f"  {la['name']}  ({la['family']}) C={la['channels']} "
                               f"L={la['length']}  remove {', '.join(la['remove']) or '-'}; add "
                               f"{', '.join(la['add']) or '-'}", highlight=False, markup=False)
+                    line = describe(la["options"], la["option_sources"])
+                    err.print(f"    options: {line}", highlight=False, markup=False,
+                              soft_wrap=True)
                 if "shared" in desc:
                     err.print(f"  shared by all layers: remove {', '.join(desc['shared']['remove'])}"
                               f" (if stored); add {', '.join(desc['shared']['add'])}",

@@ -13,17 +13,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lcd_cli.errors import LcdError
-from lcd_cli.families.kernels import MATERIALIZERS
-from lcd_cli.families.spec import FamilyConfig
+from lcd_cli.families.kernels import MATERIALIZERS, Materializer
+from lcd_cli.families.safe_yaml import parse_yaml, read_text
+from lcd_cli.families.spec import Ambiguity, ConfigKey, FamilyConfig
 
 _FIELDS = {
     "name": str, "family": str, "description": str, "source": str, "layer": str,
     "required": list, "optional": list, "generator": list, "skip": (str, type(None)),
     "materializer": str, "options": dict, "causal": bool, "distill": bool,
-    "match_shapes": dict,
+    "match_shapes": dict, "model_config": dict, "ambiguous": dict, "identify": dict,
 }
 _REQUIRED = ("name", "family", "layer", "required", "generator", "materializer")
 
@@ -48,6 +47,93 @@ def _check_match_shapes(value: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _check_values(materializer: Materializer, name: str, values: list[Any], where: str
+                  ) -> list[str]:
+    """Problems with option values written in the config (each as the option would get it)."""
+    if name not in materializer.options:
+        return [f"{where}: materializer '{materializer.name}' has no option '{name}' (options: "
+                f"{', '.join(materializer.options) or 'none'})"]
+    return [f"{where}: {p}" for v in values for p in materializer.check_options({name: v})]
+
+
+def _parse_model_config(value: dict[str, Any], materializer: Materializer | None
+                        ) -> tuple[dict[str, tuple[ConfigKey, ...]], list[str]]:
+    """``model_config``: option -> list of dotted paths or {path, values} mappings."""
+    out: dict[str, tuple[ConfigKey, ...]] = {}
+    problems: list[str] = []
+    for name, entries in value.items():
+        where = f"model_config['{name}']"
+        if not isinstance(entries, list) or not entries:
+            problems.append(f"{where} must be a non-empty list of key paths")
+            continue
+        if materializer is not None and name not in materializer.options:
+            problems += _check_values(materializer, name, [], where)
+            continue
+        keys = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str) and entry:
+                keys.append(ConfigKey(entry))
+                continue
+            ok = (isinstance(entry, dict) and set(entry) <= {"path", "values"}
+                  and isinstance(entry.get("path"), str) and entry["path"]
+                  and isinstance(entry.get("values", {}), dict)
+                  and all(_is_scalar(k) and _is_scalar(v)
+                          for k, v in (entry.get("values") or {}).items()))
+            if not ok:
+                problems.append(f"{where}[{i}] must be a dotted key path or {{path: PATH, values: "
+                                f"{{UPSTREAM: VALUE}}}} of scalars, got {entry!r}")
+                continue
+            keys.append(ConfigKey(entry["path"], dict(entry["values"]) if "values" in entry
+                                  else None))
+            if materializer is not None and entry.get("values"):
+                problems += _check_values(materializer, name, list(entry["values"].values()),
+                                          f"{where}[{i}].values")
+        out[name] = tuple(keys)
+    return out, problems
+
+
+def _parse_ambiguous(value: dict[str, Any], materializer: Materializer | None
+                     ) -> tuple[dict[str, Ambiguity], list[str]]:
+    """``ambiguous``: option -> {variants: {VALUE: where upstream uses it}, when: {...}}."""
+    out: dict[str, Ambiguity] = {}
+    problems: list[str] = []
+    for name, spec in value.items():
+        where = f"ambiguous['{name}']"
+        variants = spec.get("variants") if isinstance(spec, dict) else None
+        when = spec.get("when", {}) if isinstance(spec, dict) else None
+        if (not isinstance(spec, dict) or set(spec) - {"variants", "when"}
+                or not isinstance(variants, dict) or len(variants) < 2
+                or not all(isinstance(v, str) and v for v in variants.values())
+                or not isinstance(when, dict)):
+            problems.append(f"{where} must be {{variants: {{VALUE: 'upstream file that uses it', "
+                            "...}} (at least two), when: {OPTION: VALUE} (optional)}}")
+            continue
+        if materializer is not None:
+            problems += _check_values(materializer, name, list(variants), f"{where}.variants")
+            for other, v in when.items():
+                problems += _check_values(materializer, other, [v], f"{where}.when")
+        out[name] = Ambiguity(dict(variants), dict(when))
+    return out, problems
+
+
+def _parse_identify(value: dict[str, Any]) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...],
+                                                     list[str]]:
+    """``identify``: dotted path -> a value (or list of values) that names this layout."""
+    out = []
+    problems = []
+    for path, want in value.items():
+        values = want if isinstance(want, list) else [want]
+        if not isinstance(path, str) or not path or not values or not all(map(_is_scalar, values)):
+            problems.append(f"identify['{path}'] must be a scalar or a list of scalars")
+            continue
+        out.append((path, tuple(values)))
+    return tuple(out), problems
+
+
 def builtin_config_names() -> list[str]:
     files = resources.files("lcd_cli.configs")
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
@@ -64,11 +150,7 @@ def load_builtin(name: str) -> FamilyConfig:
 
 def load_config(path: str | Path) -> FamilyConfig:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise LcdError(f"cannot read the config ({e.strerror})", file=path) from e
-    return parse_config(text, str(path))
+    return parse_config(read_text(path, "config"), str(path))
 
 
 def builtin_configs() -> list[FamilyConfig]:
@@ -77,10 +159,7 @@ def builtin_configs() -> list[FamilyConfig]:
 
 def parse_config(text: str, origin: str) -> FamilyConfig:
     """Parse and validate a config; raise one LcdError listing every problem."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise LcdError(f"the config is not valid YAML ({e})", file=origin) from e
+    doc = parse_yaml(text, origin, "config")
     if not isinstance(doc, dict):
         raise LcdError("the config must be a YAML mapping", file=origin)
     problems: list[str] = []
@@ -114,6 +193,16 @@ def parse_config(text: str, origin: str) -> FamilyConfig:
     options = doc.get("options") or {}
     if materializer is not None and isinstance(options, dict):
         problems += materializer.check_options(options)
+    model_config, ambiguous, identify = {}, {}, ()
+    if isinstance(doc.get("model_config"), dict):
+        model_config, found = _parse_model_config(doc["model_config"], materializer)
+        problems += found
+    if isinstance(doc.get("ambiguous"), dict):
+        ambiguous, found = _parse_ambiguous(doc["ambiguous"], materializer)
+        problems += found
+    if isinstance(doc.get("identify"), dict):
+        identify, found = _parse_identify(doc["identify"])
+        problems += found
     skip = doc.get("skip")
     if isinstance(skip, str) and layer is not None:
         names = set(layer.groupindex) | {"prefix"}
@@ -134,5 +223,6 @@ def parse_config(text: str, origin: str) -> FamilyConfig:
         causal=doc.get("causal", True), distill=doc.get("distill", True),
         match_shapes={k: tuple(tuple(d) if isinstance(d, list) else d for d in dims)
                       for k, dims in (doc.get("match_shapes") or {}).items()},
+        model_config=model_config, ambiguous=ambiguous, identify=identify,
         path=origin, raw=doc,
     )

@@ -3,7 +3,7 @@ only io and errors, so materializers and the layer finder can both use it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,16 +13,28 @@ from lcd_cli.families.spec import FamilyConfig
 from lcd_cli.io.checkpoint import Checkpoint
 
 
+def join_key(prefix: str, rel: str) -> str:
+    """The full key of ``rel`` under ``prefix`` ("" for a single-layer file: the key itself)."""
+    return f"{prefix}.{rel}" if prefix else rel
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One long-conv layer found in a checkpoint."""
+    """One long-conv layer found in a checkpoint.
 
-    prefix: str
+    ``config`` is the layer's own copy of its family config: once options are resolved
+    (lcd_cli.families.options) its ``options`` are this layer's, and ``sources`` says where
+    each came from ("cli (--set)", "config.json: model_type hyenadna", "tensor evidence: ...",
+    "default", ...); empty before resolution.
+    """
+
+    prefix: str  # "" for a single-layer file (a bare filter's state dict)
     config: FamilyConfig
     groups: dict[str, str]  # named groups of the layer regex
     keys: tuple[str, ...]  # every key under the prefix, relative to it
     generator_keys: tuple[str, ...]  # full keys of the kernel generator
     skip_key: str | None  # full key of the skip term D, if present
+    sources: dict[str, str] = field(default_factory=dict)  # option -> where its value is from
 
     @property
     def index(self) -> int | None:
@@ -44,7 +56,7 @@ class LayerView:
         return self.ckpt.source
 
     def key(self, rel: str) -> str:
-        return f"{self.prefix}.{rel}"
+        return join_key(self.prefix, rel)
 
     def names(self) -> list[str]:
         """Every key of the layer, relative to its prefix."""

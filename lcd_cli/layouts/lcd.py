@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from lcd_cli.families.view import join_key
 from lcd_cli.layouts.base import Layout, read_ssm
 
 __all__ = ["LcdLayout", "read_ssm"]  # read_ssm lives in layouts.base (the default reader)
@@ -19,4 +20,4 @@ class LcdLayout(Layout):
     name: ClassVar[str] = "lcd"
 
     def part_keys(self, prefix: str, part: str) -> tuple[str, str]:
-        return f"{prefix}.{part}.poles", f"{prefix}.{part}.residues"
+        return join_key(prefix, f"{part}.poles"), join_key(prefix, f"{part}.residues")

@@ -22,9 +22,11 @@ def inspect_checkpoint(
     length: int | None = None,
     channels: int = 16,
     analyse: bool = True,
+    sets: list[str] | None = None,
+    model_config: Path | None = None,
 ) -> dict[str, Any]:
     options = {"length": length} if length is not None else None
-    found = select_configs(ckpt, family, config, options)
+    found = select_configs(ckpt, family, config, options, sets=sets, model_config=model_config)
     layers = []
     for _, cfg_layers in found:
         for layer in cfg_layers:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lcd_cli.errors import LcdError
-from lcd_cli.families.layers import layer_summary, select_configs
+from lcd_cli.families.layers import echo_config, layer_options, layer_summary, select_configs
 from lcd_cli.io.checkpoint import Checkpoint
 from lcd_cli.io.transaction import OutputTransaction, Target
 from lcd_cli.kinds import FitSettings, LayerKind, PlannedLayer, kind_for
@@ -78,7 +78,8 @@ class DistillPlan:
                        for k in self.layout.part_keys(p.name, part)]
                 layers.append({"name": p.name, "family": p.layer.config.name,
                                "kind": g.kind.name, "channels": p.channels, "length": p.length,
-                               "remove": g.kind.removed_keys(p.layer), "add": add})
+                               "remove": g.kind.removed_keys(p.layer), "add": add,
+                               **layer_options(p.layer)})
             remove, add = g.kind.shared_keys(g.layers, self.layout)
             shared_remove += remove
             shared_add += add
@@ -121,6 +122,8 @@ def plan_distill(
     device: str | None = None,
     seed: int = 0,
     argument: Path | None = None,
+    sets: list[str] | None = None,
+    model_config: Path | None = None,
 ) -> DistillPlan:
     """The plan for distilling ``ckpt`` (opened from ``argument``: a file, index or folder)."""
     if (order is None) == (tol is None):
@@ -133,7 +136,7 @@ def plan_distill(
         raise LcdError(f"--max-order {max_order} must be at least 1")
     chosen_layout = get_layout(layout)
     options = {"length": length} if length is not None else None
-    found = select_configs(ckpt, family, config, options)
+    found = select_configs(ckpt, family, config, options, sets=sets, model_config=model_config)
     groups: dict[str, KindGroup] = {}
     skipped, problems = [], []
     for cfg, cfg_layers in found:
@@ -170,7 +173,7 @@ def plan_distill(
     if folder is not None:
         check_output_folder(output, ckpt.files)
     settings = FitSettings(order, tol, max_order, device=device, seed=seed)
-    configs = {cfg.name: {**cfg.raw, "options": cfg.options} for cfg, _ in found}
+    configs = {cfg.name: echo_config(cfg) for cfg, _ in found}
     plan = DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
                        chosen_layout, ckpt.sharded, configs, folder)
     # Every target checked against the others and the inputs (links resolved), its folder,

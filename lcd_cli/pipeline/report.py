@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from lcd_cli import __version__
+from lcd_cli.families.layers import layer_options
 from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.plan import DistillPlan
 
@@ -37,6 +38,7 @@ def build_report(plan: DistillPlan, results: list[LayerResult], shared: list[Sha
                      "layout": plan.layout.name},
         "tolerance": plan.tol,
         "configs": plan.configs,
+        "layer_options": {p.name: layer_options(p.layer) for p in plan.layers},
         "layers": layers,
         "skipped": plan.skipped,
         "totals": {

@@ -67,6 +67,18 @@ class Materializer:
                        file=view.file, key=view.prefix,
                        hint="this family is causal: remove 'causal: false' from the config")
 
+    def evidence(self, view: LayerView, options: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+        """Options the tensors themselves decide, as {name: (value, reason)} (e.g. a TNN gamma
+        that is one constant in (0, 1) is the fixed-decay buffer). Used only for options that
+        neither the command line nor the model's config set; may read small tensors.
+        None by default."""
+        return {}
+
+    def check_structure(self, view: LayerView, options: dict[str, Any]) -> list[str]:
+        """Problems with the layer's parameters against the structure upstream builds (e.g. an
+        MLP's linear layers must be contiguous), from key names and shapes; [] by default."""
+        return []
+
     def accepts(self, view: LayerView, options: dict[str, Any]) -> bool:
         """Whether a layer found by key names is one of this config's (shape checks that
         relate several tensors, e.g. a two-sided kernel holding twice the channels of D)."""

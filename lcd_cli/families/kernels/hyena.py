@@ -32,6 +32,9 @@ from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_leng
 from lcd_cli.families.view import LayerView
 
 FWD, REV = "implicit_filter", "implicit_filter_rev"
+# Keys of the filter MLP: nn.Sequential(Linear, Sin, Linear, Sin, ..., Linear), so linears
+# (weight, bias) at even indices and the shared Sin's ``freq`` at odd ones.
+_MLP_KEY = re.compile(r"^(\d+)\.(weight|bias|freq)$")
 
 
 def positional_features(l_max: int, emb_dim: int) -> tuple[Tensor, Tensor]:
@@ -63,8 +66,45 @@ class HyenaKernel(Materializer):
             hint = ("a bidirectional (causal: false) config needs the reverse filter MLP"
                     if net == REV else None)
             raise LcdError(f"expected at least 2 linear layers {net}.<j>.weight, found "
-                           f"{len(idx)}", file=view.file, key=f"{view.prefix}.{net}", hint=hint)
+                           f"{len(idx)}", file=view.file, key=view.key(net), hint=hint)
         return idx
+
+    def check_structure(self, view: LayerView, options: dict[str, Any]) -> list[str]:
+        """Each filter MLP is upstream's nn.Sequential: linears at 0, 2, ..., 2m with no gap
+        (a gap would be read as a shorter MLP), a Sin ``freq`` only between two linears, a bias
+        only beside its weight, and no other key under it."""
+        problems = []
+        for net in (FWD, REV):
+            rel = [k[len(net) + 1:] for k in view.names() if k.startswith(net + ".")]
+            if not rel:
+                continue
+            parsed = [(k, _MLP_KEY.match(k)) for k in rel]
+            extra = [view.key(f"{net}.{k}") for k, m in parsed if m is None]
+            entries = [(int(m.group(1)), m.group(2)) for _, m in parsed if m is not None]
+            linears = sorted(j for j, kind in entries if kind == "weight")
+            if extra:
+                problems.append(f"{', '.join(extra)}: not a Linear weight/bias or Sin freq of "
+                                "the filter MLP")
+            if not linears:
+                continue
+            want = list(range(0, linears[-1] + 1, 2))
+            if linears != want:
+                missing = [view.key(f"{net}.{j}.weight") for j in want if j not in linears]
+                odd = [view.key(f"{net}.{j}.weight") for j in linears if j % 2]
+                problems.append(f"the linear layers of {view.key(net)} are at {linears}, not "
+                                f"0, 2, ..., {want[-1]} as upstream's Sequential(Linear, Sin, "
+                                "...) stores them"
+                                + (f": {', '.join(missing)} missing" if missing else "")
+                                + (f"; {', '.join(odd)} at a Sin position" if odd else ""))
+            orphans = [view.key(f"{net}.{j}.{kind}") for j, kind in entries
+                       if (kind == "bias" and j not in linears)
+                       or (kind == "freq" and not (j % 2 and j - 1 in linears
+                                                   and j < linears[-1]))]
+            if orphans:
+                problems.append(f"{', '.join(sorted(orphans))} belong(s) to no layer of the "
+                                "filter MLP (a bias without its weight, or a Sin freq not "
+                                "between two linears)")
+        return problems
 
     def _l_max(self, view: LayerView, options: dict[str, Any]) -> int:
         for rel in ("pos_emb.z", "pos_emb.t"):

@@ -272,6 +272,13 @@ class S4Kernel(_DiagonalSSM):
                            key=view.prefix, hint="choose a positive --length")
         return channels * heads, int(want)
 
+    def evidence(self, view: LayerView, options: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+        """A DPLR layer stores its length: the ``l_kernel`` buffer (0 until C is converted)."""
+        if view.has("P") and view.has("l_kernel") and (stored := self._stored_length(view)):
+            return {"length": (stored, f"l_kernel {stored} stored (the length C~ is "
+                               "attuned to)")}
+        return {}
+
     def _stored_length(self, view: LayerView) -> int:
         if not view.has("l_kernel"):
             return 0

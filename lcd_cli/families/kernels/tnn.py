@@ -37,6 +37,9 @@ from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_leng
 from lcd_cli.families.view import LayerView
 
 _BLOCK = re.compile(r"^rpe\.layers\.(\d+)\.2\.weight$")
+# Keys of the RPE MLP (Rpe: pos_proj, layers.{j} = [norm, act, Linear], out = [norm, act, Linear]);
+# the norm (index 0) has parameters only as a LayerNorm.
+_RPE_KEY = re.compile(r"^rpe\.(?:pos_proj|out\.[02]|layers\.(\d+)\.[02])\.(?:weight|bias)$")
 _ACTS = {"relu": torch.relu, "silu": F.silu}
 _KERNEL_ACTS = {"none": lambda x: x, "relu": torch.relu, "silu": F.silu}
 _RMS_EPS = 1e-8
@@ -65,6 +68,45 @@ class TnnKernel(Materializer):
             if key in given and given[key] not in values:
                 problems.append(f"option '{key}' must be one of {list(values)}, got "
                                 f"{given[key]!r}")
+        return problems
+
+    # ---- evidence and structure ------------------------------------------------------------
+
+    def evidence(self, view: LayerView, options: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+        """The decay from the stored ``gamma`` (tnn-pytorch / fairseq-evo ``Tno``): absent
+        without decay; ``use_decay`` stores ``ones(h, 1, d) * gamma``, one constant in (0, 1)
+        (requires_grad False); ``use_multi_decay`` stores trained logits from ``randn``."""
+        if not view.has("gamma"):
+            return {"decay": ("none", "no gamma stored (Tno built without use_decay / "
+                              "use_multi_decay)")}
+        g = view.get("gamma")
+        lo, hi = float(g.min()), float(g.max())
+        if lo == hi and 0 < lo < 1:
+            return {"decay": ("fixed", f"gamma is one constant {lo:.6g} in (0, 1), the fixed "
+                              "decay buffer (use_decay)")}
+        if lo == hi:
+            return {}  # one constant outside (0, 1): neither variant's signature, let others say
+        return {"decay": ("learned", f"gamma varies ({lo:.3g} .. {hi:.3g}): trained decay "
+                          "logits (use_multi_decay)")}
+
+    def check_structure(self, view: LayerView, options: dict[str, Any]) -> list[str]:
+        """RPE keys are the Rpe module's; its blocks rpe.layers.{j} are contiguous from 0."""
+        problems = []
+        extra = [k for k in view.names() if k.startswith("rpe.") and not _RPE_KEY.match(k)]
+        if extra:
+            problems.append(f"{', '.join(view.key(k) for k in extra)}: not keys of the TNN Rpe "
+                            "module")
+        blocks = self._blocks(view)
+        if blocks != list(range(len(blocks))):
+            missing = sorted(set(range(max(blocks) + 1)) - set(blocks))
+            problems.append(f"the RPE blocks rpe.layers.<j>.2.weight are at {blocks}; upstream "
+                            f"numbers them 0 .. n-1, so {missing} are missing")
+        orphans = [view.key(k) for k in view.names()
+                   if (m := _RPE_KEY.match(k)) and m.group(1) is not None
+                   and int(m.group(1)) not in blocks]
+        if orphans:
+            problems.append(f"{', '.join(orphans)} belong(s) to no RPE block (its "
+                            "rpe.layers.<j>.2.weight is missing)")
         return problems
 
     # ---- shapes --------------------------------------------------------------------------
