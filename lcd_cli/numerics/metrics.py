@@ -4,6 +4,7 @@ Dimensions: C channels, N modes, L kernel length.
   rel_l2[c]  = ||h_c - h_hat_c||_2 / ||h_c||_2           (denominator floored, see below)
   max_abs    = max_{c,t} |h - h_hat|
   hinf_rel   = max_c max_w |H_c(w) - H_hat_c(w)| / max_w |H_c(w)|   (DFT on 2L points)
+  rel_l2_channels = rel_l2[c] for every channel, in channel order (the report keeps the worst)
   floor      = median over sampled channels of the Eckart-Young lower bound on rel_l2 at order N
                (the tightest over several Hankel shapes; rigorous when every SVD is dense)
 """
@@ -61,4 +62,5 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int) -> 
         "floor_exact": exact,
         "floor_channels": sampled,
         "max_pole_abs": float(poles.abs().max()),
+        "rel_l2_channels": rel.tolist(),  # (C,) per channel, appended last
     }

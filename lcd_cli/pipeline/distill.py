@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lcd_cli.io.checkpoint import (
     Checkpoint,
     OutEntry,
     atomic_output,
+    open_checkpoint,
     sha256_files,
     write_index,
     write_safetensors,
@@ -32,6 +34,7 @@ from lcd_cli.io.checkpoint import (
 from lcd_cli.kinds.base import OnLayer
 from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.plan import DistillPlan
+from lcd_cli.pipeline.progress import Progress
 from lcd_cli.pipeline.report import build_report
 
 
@@ -42,15 +45,37 @@ def run_distill(
     force: bool = False,
     command: str = "",
     on_layer: OnLayer | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Fit every planned layer kind by kind, then write checkpoint and report atomically."""
+    """Fit every planned layer kind by kind, then write checkpoint and report atomically.
+
+    ``progress`` gets the events of lcd_cli.pipeline.progress (start, group, layer, phase,
+    done); ``on_layer`` is called with each finished layer as well.
+    """
+    tell = progress.event if progress else (lambda name, /, **fields: None)
+    tell("start", layers=len(plan.layers), source=str(plan.source), device=plan.settings.device,
+         order=plan.order, tol=plan.tol, max_order=plan.max_order,
+         shapes={p.name: f"C={p.channels}, L={p.length}" for p in plan.layers})
+
+    def layer_done(res: LayerResult) -> None:
+        tell("layer", stats=res.stats)
+        if on_layer:
+            on_layer(res)
+
     results: list[LayerResult] = []
     shared: list[SharedResult] = []
+    phases: dict[str, float] = {}
+    start = time.perf_counter()
     for group in plan.groups:
-        out = group.kind.fit(ckpt, group.layers, plan.settings, on_layer)
+        tell("group", kind=group.kind.name, layers=[p.name for p in group.layers])
+        out = group.kind.fit(ckpt, group.layers, plan.settings, layer_done)
         results += out.layers
         shared += out.shared
+    phases["materialize_fit_score"] = time.perf_counter() - start
+    tell("phase", name="hashing the source")
+    mark = time.perf_counter()
     source_sha = sha256_files(ckpt.files)
+    phases["hash_source"] = time.perf_counter() - mark
     metadata = {
         **ckpt.metadata,
         "format": "pt",
@@ -64,11 +89,19 @@ def run_distill(
     }
     for s in shared:
         metadata |= s.metadata
+    tell("phase", name="writing", path=str(plan.output))
+    mark = time.perf_counter()
     write_checkpoint(plan, ckpt, results, shared, metadata, force)
-    out_files = ([plan.output / "model.safetensors.index.json"] if plan.sharded else [plan.output])
-    report = build_report(plan, results, shared, command, source_sha, sha256_files(out_files))
+    with open_checkpoint(plan.output) as written:  # index first, then shards (as verify hashes)
+        out_files = written.files
+    output_sha = sha256_files(out_files)
+    phases["write"] = time.perf_counter() - mark
+    report = build_report(plan, results, shared, command, source_sha, output_sha,
+                          files=out_files, phases=phases)
+    tell("phase", name="report", path=str(plan.report))
     with atomic_output(plan.report, force=force) as tmp:
         tmp.write_text(yaml.safe_dump(report, sort_keys=False, width=100))
+    tell("done", output=str(plan.output), report=str(plan.report))
     return report
 
 

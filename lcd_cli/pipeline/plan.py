@@ -15,6 +15,7 @@ from lcd_cli.families.layers import layer_summary, select_configs
 from lcd_cli.io.checkpoint import Checkpoint
 from lcd_cli.kinds import FitSettings, LayerKind, PlannedLayer, kind_for
 from lcd_cli.layouts import Layout, get_layout
+from lcd_cli.pipeline.naming import report_path_for
 
 
 @dataclass
@@ -77,13 +78,11 @@ class DistillPlan:
         return desc
 
 
-def default_outputs(source: Path, sharded: bool) -> tuple[Path, Path]:
-    """``<stem>.lcd.safetensors`` (or folder ``<folder>-lcd``) and ``<stem>.lcd.report.yaml``."""
+def default_output(source: Path, sharded: bool) -> Path:
+    """``<stem>.lcd.safetensors``, or the folder ``<folder>-lcd`` for a sharded input."""
     if sharded:
-        folder = source.parent
-        return folder.with_name(folder.name + "-lcd"), folder.with_name(folder.name + "-lcd.report.yaml")
-    stem = source.name.removesuffix(".safetensors")
-    return source.with_name(f"{stem}.lcd.safetensors"), source.with_name(f"{stem}.lcd.report.yaml")
+        return source.parent.with_name(source.parent.name + "-lcd")
+    return source.with_name(source.name.removesuffix(".safetensors") + ".lcd.safetensors")
 
 
 def plan_distill(
@@ -140,9 +139,8 @@ def plan_distill(
     for g in groups.values():  # what a kind cannot do, before any tensor is loaded
         others = [p for o in groups.values() if o is not g for p in o.layers]
         g.kind.check_plan(ckpt, g.layers, others)
-    out_default, report_default = default_outputs(ckpt.source, ckpt.sharded)
-    output = Path(output) if output else out_default
-    report = Path(report) if report else report_default
+    output = Path(output) if output else default_output(ckpt.source, ckpt.sharded)
+    report = Path(report) if report else report_path_for(output)  # follows the output
     inputs = {p.resolve() for p in ckpt.files}
     for target in (output, report):
         if target.resolve() in inputs or (ckpt.sharded and target.resolve() == ckpt.source.parent.resolve()):
