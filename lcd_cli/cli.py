@@ -27,7 +27,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 import typer.core
 from rich.console import Console
@@ -43,6 +42,7 @@ from lcd_cli.examples import make_example, write_example
 from lcd_cli.families.config import builtin_configs
 from lcd_cli.io.checkpoint import open_checkpoint
 from lcd_cli.numerics.compressibility import FLOOR_ORDERS
+from lcd_cli.pipeline import progress as progress_events
 from lcd_cli.pipeline.aliases import aliases_of, resolve_family
 from lcd_cli.pipeline.distill import run_distill
 from lcd_cli.pipeline.inspect import inspect_checkpoint
@@ -55,6 +55,21 @@ from lcd_cli.pipeline.verify import record_verify, verify_checkpoint, verify_sec
 WIDE_LOG = 160  # columns for tables outside a terminal (logs, CI) when COLUMNS is not set
 
 
+def _plain_help(cmd: Any) -> None:
+    if cmd.help:
+        cmd.help = escape(cmd.help)
+    for p in cmd.params:
+        _plain_param(p)
+
+
+def _plain_param(p: Any) -> None:
+    """(typer may vendor its own click: duck-typed.)"""
+    if getattr(p, "is_flag", False) and p.metavar is None:
+        p.metavar = ""  # typer would show <bool>
+    if getattr(p, "help", None):
+        p.help = escape(p.help)
+
+
 class _Command(typer.core.TyperCommand):
     """Help without ``<bool>`` after flags, and with brackets (``[real, imag]``) kept verbatim."""
 
@@ -62,32 +77,24 @@ class _Command(typer.core.TyperCommand):
         super().__init__(*args, **kwargs)
         _plain_help(self)
 
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None and opt.metavar is None:
+            opt.metavar = ""
+        return opt
+
 
 class _Group(typer.core.TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain_help(self)
 
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None and opt.metavar is None:
+            opt.metavar = ""
+        return opt
 
-def _plain_help(cmd: click.Command) -> None:
-    if cmd.help:
-        cmd.help = escape(cmd.help)
-    for p in cmd.params:
-        if isinstance(p, click.Option) and p.is_flag and p.metavar is None:
-            p.metavar = ""  # typer would show <bool>
-        if getattr(p, "help", None):
-            p.help = escape(p.help)  # type: ignore[attr-defined]
-
-
-def _help_option_without_metavar(self: click.Command, ctx: click.Context) -> click.Option | None:
-    opt = click.Command.get_help_option(self, ctx)
-    if opt is not None and opt.metavar is None:
-        opt.metavar = ""
-    return opt
-
-
-_Command.get_help_option = _help_option_without_metavar  # type: ignore[method-assign]
-_Group.get_help_option = _help_option_without_metavar  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="lcd",
@@ -200,8 +207,12 @@ def _table(title: str | None, headers: list[str], rows: list[list[str]], left: s
     return table
 
 
+UNBOUNDED = 100_000  # columns offered when measuring a table's natural width
+
+
 def _width_of(console: Console, table: Table) -> int:
-    return console.measure(table).maximum
+    """The width the table needs to show every cell unwrapped (rich clamps to the console's)."""
+    return console.measure(table, options=console.options.update(width=UNBOUNDED)).maximum
 
 
 def print_table(console: Console, title: str, headers: list[str], rows: list[list[str]], *,
@@ -243,8 +254,8 @@ def print_table(console: Console, title: str, headers: list[str], rows: list[lis
             console.print(_table(f"{title} ({n + 1}/{len(parts)})" if title else None,
                                  [headers[k] for k in cols], [[r[k] for k in cols] for r in rows],
                                  {i for i, k in enumerate(cols) if k in left}))
-    if legend_rows:
-        console.print(f"{legend}s: " + "; ".join(legend_rows), highlight=False, markup=False)
+    for line in legend_rows:  # one per line: a long name wraps, never cut
+        console.print(line, highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------- commands
@@ -421,7 +432,8 @@ def distill(
             on_terminal = err.is_terminal and level > QUIET
             if not on_terminal:
                 sinks.append(line_sink(sys.stderr, level))
-            progress = Progress(sinks)
+            progress = Progress(sinks, heartbeat_s=None if on_terminal
+                                else progress_events.HEARTBEAT_S)
             if on_terminal:  # a bar, and the layer lines above it
                 bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
                                    TextColumn("{task.completed}/{task.total} layers"),
@@ -431,7 +443,6 @@ def distill(
                 progress.listeners.append(_rich_listener(bar, task, progress))
                 progress.sinks.append(lambda lvl, msg: bar.console.print(
                     msg, highlight=False, markup=False) if lvl <= min(level, NORMAL) else None)
-            progress.heartbeat_s = None if on_terminal else progress.heartbeat_s
             stack.enter_context(progress)
 
             plotter = DistillPlotter(ckpt, plan, plot) if plot is not None else None
@@ -653,7 +664,7 @@ def bench(
         dev = _device(device)
         on_terminal = err.is_terminal and level > QUIET
         progress = Progress([] if on_terminal else [line_sink(sys.stderr, level)],
-                            heartbeat_s=None if on_terminal else 10.0)
+                            heartbeat_s=None if on_terminal else progress_events.HEARTBEAT_S)
         with ExitStack() as stack:
             if on_terminal:
                 status = stack.enter_context(err.status("lcd bench"))
