@@ -101,7 +101,7 @@ def _validate(device: str, channels: int, order: int, lengths: list[int], tokens
     if device == "cuda" and not torch.cuda.is_available():
         raise LcdError("--device cuda was asked for but torch sees no CUDA device",
                        hint="use --device cpu, or install a CUDA build of torch")
-    for name, value in (("channels", channels), ("tokens", tokens), ("batch", batch),
+    for name, value in (("width", channels), ("tokens", tokens), ("batch", batch),
                         ("repeats", repeats), ("fit-channels", fit_channels)):
         if value < 1:
             raise LcdError(f"--{name} must be >= 1, got {value}", key=name)
@@ -118,7 +118,7 @@ def _validate(device: str, channels: int, order: int, lengths: list[int], tokens
     if batch * channels * max(lengths) > _MAX_ELEMENTS:
         raise LcdError(f"batch x channels x length = {batch * channels * max(lengths):,} is too "
                        f"large for the decoders' buffers (limit {_MAX_ELEMENTS:,})",
-                       hint="lower --batch, --channels or the longest --lengths")
+                       hint="lower --batch, --width or the longest --lengths")
     return device, sorted(set(lengths))
 
 
@@ -593,7 +593,8 @@ def require_matplotlib() -> None:
         import matplotlib.figure  # noqa: F401
     except ImportError:
         raise LcdError("--plot needs matplotlib, which is not installed",
-                       hint="pip install 'lcd-cli[plot]'") from None
+                       hint="pip install '.[plot]' in the lcd source folder, or pip install "
+                       "matplotlib") from None
 
 
 def plot_bench(result: dict[str, Any], path: str | Path) -> None:

@@ -62,7 +62,7 @@ def _check_result(result: dict[str, Any], lengths: list[int]) -> None:
 def test_cli_quick_json(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     res = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--threads", "1",
-                                   "--json", str(out)])
+                                   "--output", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     _check_result(result, [1024, 4096])
@@ -72,8 +72,8 @@ def test_cli_quick_json(tmp_path: Path) -> None:
 
 def test_cli_json_stdout() -> None:
     res = CliRunner().invoke(app, ["bench", "--device", "cpu", "--quick", "--lengths", "64",
-                                   "--channels", "3", "--order", "2", "--tokens", "4",
-                                   "--repeats", "2", "--fit-channels", "2", "--json", "-"])
+                                   "--width", "3", "--order", "2", "--tokens", "4",
+                                   "--repeats", "2", "--fit-channels", "2", "--json"])
     assert res.exit_code == 0, res.output
     start = res.stdout.index("{")
     result = json.loads(res.stdout[start:res.stdout.rindex("}") + 1])
@@ -86,7 +86,7 @@ def test_cli_json_stdout() -> None:
     (["--lengths", "64,abc"], "comma-separated integers"),
     (["--lengths", "64", "--order", "64"], "order 64 is out of range"),
     (["--order", "0"], "order 0 is out of range"),
-    (["--channels", "0"], "--channels must be >= 1"),
+    (["--width", "0"], "--width must be >= 1"),
     (["--tokens", "0"], "--tokens must be >= 1"),
     (["--batch", "0"], "--batch must be >= 1"),
     (["--repeats", "0"], "--repeats must be >= 1"),
@@ -191,4 +191,4 @@ def test_cli_plot_without_matplotlib_fails_before_running(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     res = CliRunner().invoke(app, ["bench", "--quick", "--plot", "x.png"])
-    assert res.exit_code == 2 and "lcd-cli[plot]" in res.output
+    assert res.exit_code == 2 and ".[plot]" in res.output

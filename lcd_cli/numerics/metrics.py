@@ -6,6 +6,7 @@ Dimensions: C channels, N modes, L kernel length.
   hinf_rel   = max_c max_w |H_c(w) - H_hat_c(w)| / max_w |H_c(w)|   (DFT on 2L points)
   rel_l2_f32eval[c] = rel_l2 of the stored float32 parameters evaluated in complex64, as
                engines do (exp(t log p), and the recurrence); see rel_l2_f32eval
+  rel_l2_channels = rel_l2[c] for every channel, in channel order (the report keeps the worst)
   floor      = median over sampled channels of the Eckart-Young lower bound on rel_l2 at order N
                (the tightest over several Hankel shapes; rigorous when every SVD is dense)
 """
@@ -64,6 +65,7 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int) -> 
         "floor_exact": exact,
         "floor_channels": sampled,
         "max_pole_abs": float(poles.abs().max()),
+        "rel_l2_channels": rel.tolist(),  # (C,) per channel, appended last
     }
 
 

@@ -206,5 +206,6 @@ def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
         "max_pole_abs": max(halves["fwd"]["max_pole_abs"], halves["rev"]["max_pole_abs"]),
         "causal": False,
         "halves": halves,
+        "rel_l2_channels": rel.tolist(),  # (C,) two-sided kernel, per channel
     }
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ from lcd_cli.kinds.base import OnLayer
 from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.distributed import Ranks, ranks, shutdown
 from lcd_cli.pipeline.folders import CONFIG_JSON, REPORT_NAME, auxiliary_files, patched_config
-from lcd_cli.pipeline.plan import DistillPlan
+from lcd_cli.pipeline.plan import DistillPlan, KindGroup
+from lcd_cli.pipeline.progress import Progress
 from lcd_cli.pipeline.report import build_report
 from lcd_cli.pipeline.resume import ResumeStore, store_for
 
@@ -50,23 +53,44 @@ def run_distill(
     force: bool = False,
     command: str = "",
     on_layer: OnLayer | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Fit every planned layer kind by kind, then write checkpoint and report atomically.
 
     Layers of kinds that fit them one at a time are kept as they finish (pipeline.resume): a
-    rerun after an interruption or a crash reuses them.
+    rerun after an interruption or a crash reuses them. ``progress`` gets the events of
+    lcd_cli.pipeline.progress (start, group, layer, phase, done); ``on_layer`` is called with
+    each finished layer as well.
     """
-    source_sha = sha256_files(ckpt.files)
+    tell = progress.event if progress else (lambda name, /, **fields: None)
+    tell("start", layers=len(plan.layers), source=str(plan.source), device=plan.settings.device,
+         order=plan.order, tol=plan.tol, max_order=plan.max_order,
+         shapes={p.name: f"C={p.channels}, L={p.length}" for p in plan.layers})
+
+    def layer_done(res: LayerResult) -> None:
+        tell("layer", stats=res.stats)
+        if on_layer:
+            on_layer(res)
+
+    phases: dict[str, float] = {}
+    tell("phase", name="hashing the source")
+    mark = time.perf_counter()
+    source_sha = sha256_files(ckpt.files)  # keys the resume store
+    phases["hash_source"] = time.perf_counter() - mark
     store = ResumeStore(store_for(plan.output), source_sha, plan.settings, plan.layout.name)
     job = ranks(plan.settings.device)
+    mark = time.perf_counter()
     try:
-        results, shared = fit_all(plan, ckpt, store, job, on_layer)
+        results, shared = fit_all(plan, ckpt, store, job, layer_done,
+                                  lambda g: tell("group", kind=g.kind.name,
+                                                 layers=[p.name for p in g.layers]))
     except (KeyboardInterrupt, Terminated) as stop:
         kept = len(store.saved) + len(store.reused)
         code = stop.exit_code if isinstance(stop, Terminated) else 130
         raise LcdError(f"interrupted with {kept} of {len(plan.layers)} layer(s) fitted; they "
                        f"are kept in {store.folder}", exit_code=code,
                        hint="run the same command again to resume from them") from None
+    phases["materialize_fit_score"] = time.perf_counter() - mark
     if not job.writer:  # torchrun: rank 0 writes the one output
         shutdown(job)
         return {"rank": job.rank, "written_by": 0, "layers": [], "output": {"path": None}}
@@ -87,24 +111,23 @@ def run_distill(
     lcd_section = {"lcd_version": __version__, "layout": plan.layout.name,
                    "orders": {r.name: r.stats["order"] for r in results},
                    "source_sha256": source_sha, "report": REPORT_NAME}
-
-    def make_report(out_files: list[Path]) -> str:
-        report = build_report(plan, results, shared, command, source_sha,
-                              sha256_files(out_files))
-        holder["report"] = report
-        return yaml.safe_dump(report, sort_keys=False, width=100)
-
-    holder: dict[str, Any] = {}
     txn = plan.transaction
     assert txn is not None, "plans are made by plan_distill"
+    tell("phase", name="writing", path=str(plan.output))
+    mark = time.perf_counter()
     with txn:  # checks again, makes the temporaries; nothing lands unless all of it does
         out = txn.path(plan.output)
         if plan.folder is None:
             write_safetensors(out, entries[ckpt.shards[0]], metadata)
-            text = make_report([out])
+            written = [out]
         else:
-            text = make_report(write_folder(out, plan, ckpt, entries, metadata, lcd_section,
-                                            results))
+            written = write_folder(out, plan, ckpt, entries, metadata, lcd_section, results)
+        phases["write"] = time.perf_counter() - mark
+        final = [plan.output / w.relative_to(out) if w != out else plan.output for w in written]
+        report = build_report(plan, results, shared, command, source_sha, sha256_files(written),
+                              files=final, phases=phases)
+        tell("phase", name="report", path=str(plan.report))
+        text = yaml.safe_dump(report, sort_keys=False, width=100)
         if plan.report_inside:
             (out / plan.report.name).write_text(text)
         else:
@@ -112,17 +135,21 @@ def run_distill(
         txn.commit()
     store.discard()
     shutdown(job)
-    return holder["report"]
+    tell("done", output=str(plan.output), report=str(plan.report))
+    return report
 
 
 def fit_all(plan: DistillPlan, ckpt: Checkpoint, store: ResumeStore, job: Ranks,
-            on_layer: OnLayer | None) -> tuple[list[LayerResult], list[SharedResult]]:
+            on_layer: OnLayer | None, on_group: Callable[[KindGroup], None] | None = None
+            ) -> tuple[list[LayerResult], list[SharedResult]]:
     """Fit every group, in plan order: layers of one-at-a-time kinds are taken from the resume
     store or fitted and kept; under torchrun each rank fits its share and all are gathered."""
     settings = replace(plan.settings, device=job.device(plan.settings.device))
     results: list[LayerResult] = []
     shared: list[SharedResult] = []
     for group in plan.groups:
+        if on_group:
+            on_group(group)
         if not group.kind.independent_layers:
             if job.writer:
                 out = group.kind.fit(ckpt, group.layers, settings, on_layer)

@@ -23,6 +23,7 @@ from lcd_cli.pipeline.folders import (
     default_folder_output,
     is_model_folder,
 )
+from lcd_cli.pipeline.naming import log_path_for
 
 
 @dataclass
@@ -48,6 +49,14 @@ class DistillPlan:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     folder: Path | None = None  # the input model folder, when distilled as one (pipeline.folders)
     transaction: OutputTransaction | None = None  # every output, validated at plan time
+
+    @property
+    def log_path(self) -> Path:
+        """The run's log: beside the report of a file output; beside an output folder (which
+        only appears, whole, when the run ends)."""
+        if self.folder is not None:
+            return self.output.with_name(self.output.name + ".log")
+        return log_path_for(self.report)
 
     @property
     def report_inside(self) -> bool:

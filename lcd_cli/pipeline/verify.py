@@ -1,7 +1,17 @@
 """`lcd verify`: check a distilled checkpoint's recurrent path against the original convolution.
 
 Layer 5 (pipeline). Each layer's kind does the check (lcd_cli.kinds); this module finds the
-layers, reads the report and the tolerance, and collects the rows.
+layers, pairs the checkpoint with its report and its source, reads the tolerance, and collects
+the rows.
+
+Pairing (before any kernel is materialized):
+  - the report is the one `lcd distill` wrote by default (:func:`default_report`) unless
+    ``--report`` names one; it must record the distilled files' sha256 (``output.sha256``),
+    else it belongs to another run (``--no-check-report`` skips this);
+  - ``--reference`` must hash to the distilled checkpoint's ``lcd_source_sha256`` metadata,
+    else it is not the checkpoint the layers were distilled from (``--no-check-source``).
+The report's fields that verify uses are type-checked (``tolerance``, ``layers[i].name /
+channels / order``, ``output.sha256``): a malformed report is an LcdError naming the key.
 
 The distilled file's metadata names the family configs it was made with (echoed in full), so
 the reference kernels are materialized exactly as at distillation time. Per layer the result
@@ -12,6 +22,8 @@ than the kernel, the deviation from the truncated convolution (reported, not jud
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +32,7 @@ import yaml
 from lcd_cli.errors import LcdError
 from lcd_cli.families.config import parse_config
 from lcd_cli.families.layers import find_layers
-from lcd_cli.io.checkpoint import Checkpoint, open_checkpoint
+from lcd_cli.io.checkpoint import Checkpoint, atomic_output, open_checkpoint, sha256_files
 from lcd_cli.kinds import VerifyOptions, kind_for
 from lcd_cli.layouts import get_layout
 from lcd_cli.pipeline.folders import REPORT_NAME
@@ -28,6 +40,7 @@ from lcd_cli.pipeline.folders import REPORT_NAME
 DEFAULT_TOL = 1e-2
 # Layout names written by earlier lcd versions, and the layout that reads them.
 LEGACY_LAYOUTS = {"stu-shared-basis-v1": "lcd"}
+METADATA_CONFIG = "__metadata__.lcd_config"
 
 
 def _layout_name(distilled: Checkpoint) -> str:
@@ -44,7 +57,11 @@ def _configs(distilled: Checkpoint) -> list[Any]:
         docs = json.loads(raw)
     except json.JSONDecodeError as e:
         raise LcdError(f"lcd_config metadata is not valid JSON ({e})", file=distilled.source,
-                       key="__metadata__.lcd_config") from e
+                       key=METADATA_CONFIG) from e
+    if not isinstance(docs, dict) or not all(isinstance(d, dict) for d in docs.values()):
+        raise LcdError("lcd_config metadata must be a JSON object of config name -> config "
+                       f"mapping, not {type(docs).__name__}", file=distilled.source,
+                       key=METADATA_CONFIG, hint="pass a checkpoint written by `lcd distill`")
     return [parse_config(yaml.safe_dump(doc), f"{distilled.source}:lcd_config[{name}]")
             for name, doc in docs.items()]
 
@@ -62,19 +79,75 @@ def default_report(distilled: Checkpoint) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _load_report(distilled: Checkpoint, report: Path | None) -> dict[str, Any] | None:
-    path = report
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def validate_report(doc: object, path: Path) -> dict[str, Any]:
+    """The fields verify uses, type-checked; an LcdError names the first wrong key."""
+    hint = "pass the report `lcd distill` wrote with this checkpoint, or --no-report"
+    if not isinstance(doc, dict):
+        raise LcdError(f"not an lcd distill report (a YAML {type(doc).__name__}, not a mapping)",
+                       file=path, hint=hint)
+    if not isinstance(doc.get("layers"), list):
+        raise LcdError("not an lcd distill report (no 'layers' list)", file=path, key="layers",
+                       hint=hint)
+    tol = doc.get("tolerance")
+    if tol is not None and not (_is_number(tol) and math.isfinite(tol) and tol > 0):
+        raise LcdError(f"'tolerance' must be a positive number or null, not {tol!r}", file=path,
+                       key="tolerance", hint=hint)
+    for i, row in enumerate(doc["layers"]):
+        if not isinstance(row, dict):
+            raise LcdError(f"each layer must be a mapping, not {type(row).__name__}", file=path,
+                           key=f"layers[{i}]", hint=hint)
+        for field, types, what in (("name", str, "a string"), ("channels", int, "an integer"),
+                                   ("order", int, "an integer")):
+            value = row.get(field)
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise LcdError(f"'{field}' must be {what}, not {value!r}", file=path,
+                               key=f"layers[{i}].{field}", hint=hint)
+    output = doc.get("output")
+    if output is not None and not (isinstance(output, dict)
+                                   and isinstance(output.get("sha256"), str | None)):
+        raise LcdError("'output' must be a mapping with a string 'sha256'", file=path,
+                       key="output.sha256", hint=hint)
+    return doc
+
+
+def load_report(distilled: Checkpoint, report: Path | None) -> tuple[dict[str, Any] | None,
+                                                                    Path | None]:
+    """The report (validated) and its path; (None, None) when the default one does not exist."""
+    path = report if report is not None else default_report(distilled)
     if path is None:
-        path = default_report(distilled)
-        if path is None:
-            return None
+        return None, None
     try:
         doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise LcdError(f"cannot read the report ({e})", file=path) from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
-        raise LcdError("not an lcd distill report (no 'layers' list)", file=path)
-    return doc
+    return validate_report(doc, Path(path)), Path(path)
+
+
+def check_pairing(distilled: Checkpoint, ref: Checkpoint, rep: dict[str, Any] | None,
+                  rep_path: Path | None, *, check_report: bool, check_source: bool) -> None:
+    """The report must be this checkpoint's, and the reference its source (by sha256)."""
+    if check_report and rep is not None and (rep.get("output") or {}).get("sha256"):
+        recorded = rep["output"]["sha256"]
+        actual = sha256_files(distilled.files)
+        if recorded != actual:
+            raise LcdError(
+                f"the report belongs to another checkpoint: it records output sha256 "
+                f"{recorded[:12]}…, the distilled files hash to {actual[:12]}…", file=rep_path,
+                hint="pass this checkpoint's own report with --report, verify without it "
+                "(--no-report), or --no-check-report if the files were re-saved on purpose")
+    if check_source and (recorded := distilled.metadata.get("lcd_source_sha256")):
+        actual = sha256_files(ref.files)
+        if recorded != actual:
+            raise LcdError(
+                f"this is not the checkpoint it was distilled from: the distilled checkpoint "
+                f"records source sha256 {recorded[:12]}…, --reference hashes to {actual[:12]}…",
+                file=ref.source, key="__metadata__.lcd_source_sha256",
+                hint="pass the original checkpoint as --reference, or --no-check-source to "
+                "compare against this one anyway")
 
 
 def verify_checkpoint(
@@ -86,20 +159,38 @@ def verify_checkpoint(
     length: int | None = None,
     seed: int = 0,
     channels: int | None = None,
+    use_report: bool = True,
+    check_report: bool = True,
+    check_source: bool = True,
+    require_report: bool = False,
 ) -> dict[str, Any]:
     if tol is not None and not tol > 0:
         raise LcdError(f"--tol {tol} must be positive")
     if length is not None and length < 1:
-        raise LcdError(f"--length {length} must be at least 1")
+        raise LcdError(f"--input-length {length} must be at least 1")
+    if channels is not None and channels < 1:
+        raise LcdError(f"--channels {channels} must be at least 1", key="channels")
+    if report is not None and not use_report:
+        raise LcdError("--report and --no-report contradict each other")
+    start = time.perf_counter()
     with open_checkpoint(distilled_path) as distilled, open_checkpoint(reference_path) as ref:
-        rep = _load_report(distilled, report)
+        rep, rep_path = load_report(distilled, report) if use_report else (None, None)
+        if require_report and rep is None:
+            raise LcdError("no report to record the outcome in (none inside the output folder "
+                           "nor beside the file, named after it)", file=distilled.source,
+                           hint="pass the distill report with --report, or drop --record")
+        configs = _configs(distilled)
+        check_pairing(distilled, ref, rep, rep_path, check_report=check_report,
+                      check_source=check_source)
+        tol_source = "--tol"
         if tol is None:
-            tol = float(rep["tolerance"]) if rep and rep.get("tolerance") else DEFAULT_TOL
+            tol, tol_source = ((float(rep["tolerance"]), "report") if rep and rep.get("tolerance")
+                               else (DEFAULT_TOL, "default"))
         reported = {row["name"]: row for row in rep["layers"]} if rep else {}
         layout = get_layout(_layout_name(distilled))
         options = VerifyOptions(tol, length, seed, channels, reported)
         rows = []
-        for cfg in _configs(distilled):
+        for cfg in configs:
             if not cfg.distill:
                 continue
             layers = find_layers(ref, cfg)
@@ -109,5 +200,31 @@ def verify_checkpoint(
             raise LcdError("no distilled layer of the recorded families is in the reference",
                            file=reference_path, hint="is --reference the original checkpoint?")
     return {"distilled": str(distilled_path), "reference": str(reference_path), "tol": tol,
+            "tol_source": tol_source, "report": None if rep_path is None else str(rep_path),
             "length": length or max(r.get("length", 0) for r in rows) or None, "seed": seed,
-            "passed": all(r["passed"] for r in rows), "layers": rows}
+            "passed": all(r["passed"] for r in rows), "layers": rows,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def verify_section(result: dict[str, Any], command: str) -> dict[str, Any]:
+    """What `lcd verify --record` writes into the report's ``verify:`` section."""
+    return {
+        "passed": result["passed"], "tol": result["tol"], "tol_source": result["tol_source"],
+        "length": result["length"], "seed": result["seed"], "reference": result["reference"],
+        "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": result["seconds"],
+        "layers": [{"name": r["name"], "worst": r["worst"], "passed": r["passed"],
+                    "reason": r["reason"]} for r in result["layers"]],
+    }
+
+
+def record_verify(report: Path, section: dict[str, Any]) -> None:
+    """Write (or replace) the report's ``verify:`` section, atomically."""
+    try:
+        doc = yaml.safe_load(Path(report).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise LcdError(f"cannot read the report ({e})", file=report) from e
+    doc = validate_report(doc, Path(report))
+    doc["verify"] = section
+    with atomic_output(Path(report), force=True) as tmp:
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False, width=100))
