@@ -150,3 +150,20 @@ def test_atomic_output_refuses_existing_without_force(tmp_path: Path) -> None:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+                                   torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+                                   torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", [(), (63,), (0, 3), (7, 1000)], ids=["scalar", "63", "0x3", "7x1000"])
+def test_get_matches_the_reference_reader(tmp_path: Path, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(3)
+    values = (torch.randn(shape, generator=g, dtype=torch.float64) * 4).to(dtype)
+    path = tmp_path / "x.safetensors"
+    write_safetensors(path, [OutEntry.tensor("pad", torch.ones(3, dtype=torch.int8)),  # odd offset
+                             OutEntry.tensor("x", values)], {})
+    ref = load_file(str(path))["x"]
+    got = open_checkpoint(path).get("x", finite=False)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    assert got.reshape(-1).view(torch.uint8).tolist() == ref.reshape(-1).view(torch.uint8).tolist()

@@ -121,11 +121,13 @@ class _DuplicateKey(ValueError):
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: find the key given twice
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
     return out
 
 
@@ -249,8 +251,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 class Checkpoint:
     """A lazily read checkpoint: one file or several shards behind an index.
 
-    Use as a context manager (``with open_checkpoint(path) as ckpt:``); reading works without
-    it too (no file stays open between reads).
+    Use as a context manager (``with open_checkpoint(path) as ckpt:``) so the shard files
+    opened for reading are closed; reading works without it too.
     """
 
     def __init__(self, source: Path, shards: list[Path], index: Path | None,
@@ -270,6 +272,7 @@ class Checkpoint:
             self.metadata.update(meta)
         if index is not None and weight_map is not None:
             _check_weight_map(index, weight_map, self.tensors)
+        self._files: dict[Path, IO[bytes]] = {}
 
     @property
     def sharded(self) -> bool:
@@ -310,10 +313,10 @@ class Checkpoint:
                            "copies such tensors byte for byte, but cannot compute with them)",
                            file=info.shard, key=key,
                            hint="this tensor cannot be a kernel generator or a skip term")
-        raw = _read_range(info)
-        stored = TORCH_DTYPES[info.dtype]
-        tensor = (torch.frombuffer(raw, dtype=stored) if raw else torch.empty(0, dtype=stored))
-        tensor = tensor.reshape(info.shape)  # (*shape) in the stored dtype, owns `raw`
+        f = self._files.get(info.shard)
+        if f is None:
+            f = self._files[info.shard] = _open_regular(info.shard, "checkpoint file")
+        tensor = _read_range(info, f).view(TORCH_DTYPES[info.dtype]).reshape(info.shape)  # (*shape)
         if dtype is not None:
             tensor = tensor.to(dtype)
         if finite and tensor.is_floating_point():
@@ -325,7 +328,9 @@ class Checkpoint:
         return tensor
 
     def close(self) -> None:
-        """Nothing stays open between reads; kept for the context-manager protocol."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -334,22 +339,21 @@ class Checkpoint:
         self.close()
 
 
-def _read_range(info: TensorInfo) -> bytearray:
-    """The bytes of one tensor, read into a private buffer."""
-    buf = bytearray(info.nbytes)
-    view = memoryview(buf)
-    with _open_regular(info.shard, "checkpoint file") as f:
-        try:
-            f.seek(info.begin)
-            got = 0
-            while got < len(buf):
-                n = f.readinto(view[got:])
-                if not n:
-                    raise LcdError("the file ended while reading a tensor (truncated since it was "
-                                   "opened?)", file=info.shard, key=info.name)
-                got += n
-        except OSError as e:
-            raise os_error(e, info.shard, f"cannot read the tensor '{info.name}'") from e
+def _read_range(info: TensorInfo, f: IO[bytes]) -> torch.Tensor:
+    """The bytes of one tensor, read from its open shard into a fresh uint8 tensor (nbytes,)."""
+    buf = torch.empty(info.nbytes, dtype=torch.uint8)  # (nbytes,) not zero-filled
+    view = memoryview(buf.numpy()) if info.nbytes else memoryview(b"")
+    try:
+        f.seek(info.begin)
+        got = 0
+        while got < info.nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise LcdError("the file ended while reading a tensor (truncated since it was "
+                               "opened?)", file=info.shard, key=info.name)
+            got += n
+    except OSError as e:
+        raise os_error(e, info.shard, f"cannot read the tensor '{info.name}'") from e
     return buf
 
 

@@ -249,7 +249,7 @@ class OutputTransaction:
         anc = _existing_ancestor(t.path)
         if not anc.is_dir():
             raise LcdError(f"cannot create the {t.label}: '{anc}' is a file, not a folder",
-                           file=t.path, hint="choose a path whose folders are folders")
+                           file=t.path, hint="choose an output path inside a folder")
         if _read_only(anc):
             raise LcdError(f"cannot write the {t.label}: the file system holding '{anc}' is "
                            "read-only (EROFS)", file=t.path, hint="write to a writable folder")
