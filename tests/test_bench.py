@@ -173,7 +173,7 @@ def test_plot_png(tmp_path: Path) -> None:
 def test_plot_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(LcdError, match=r"pip install 'lcd-cli\[plot\]'"):
+    with pytest.raises(LcdError, match=r"pip install '\.\[plot\]'"):
         plot_bench(_fake_result(), tmp_path / "bench.png")
 
 
