@@ -17,7 +17,6 @@ from pathlib import Path
 
 SUFFIX = ".safetensors"
 REPORT_SUFFIX = ".report.yaml"
-INDEX_NAME = "model.safetensors.index.json"
 
 
 def report_path_for(output: Path) -> Path:
@@ -29,8 +28,3 @@ def report_path_for(output: Path) -> Path:
 def log_path_for(report: Path) -> Path:
     """The run's log beside its report: ``<report stem>.log``."""
     return Path(report).with_suffix(".log")
-
-
-def output_files(output: Path, sharded: bool) -> list[Path]:
-    """The files whose sha256 the report records as ``output.sha256`` (the index of a folder)."""
-    return [Path(output) / INDEX_NAME] if sharded else [Path(output)]

@@ -23,7 +23,7 @@ from lcd_cli.pipeline.folders import (
     default_folder_output,
     is_model_folder,
 )
-from lcd_cli.pipeline.naming import log_path_for
+from lcd_cli.pipeline.naming import log_path_for, report_path_for
 
 
 @dataclass
@@ -112,7 +112,7 @@ def default_outputs(ckpt: Checkpoint, folder: Path | None, output: Path | None
         return out, out / REPORT_NAME
     out = Path(output) if output else ckpt.source.with_name(
         ckpt.source.name.removesuffix(".safetensors") + ".lcd.safetensors")
-    return out, out.with_name(out.name.removesuffix(".safetensors") + ".report.yaml")
+    return out, report_path_for(out)
 
 
 def plan_distill(

@@ -36,6 +36,7 @@ from lcd_cli.io.checkpoint import Checkpoint, atomic_output, open_checkpoint, sh
 from lcd_cli.kinds import VerifyOptions, kind_for
 from lcd_cli.layouts import get_layout
 from lcd_cli.pipeline.folders import REPORT_NAME
+from lcd_cli.pipeline.naming import report_path_for
 
 DEFAULT_TOL = 1e-2
 # Layout names written by earlier lcd versions, and the layout that reads them.
@@ -70,10 +71,8 @@ def default_report(distilled: Checkpoint) -> Path | None:
     """Where `lcd distill` put the report by default: inside a distilled model folder, else
     beside the file, named after it (and, for outputs of earlier versions, beside the folder)."""
     folder = distilled.shards[0].parent
-    candidates = [folder / REPORT_NAME,
-                  distilled.source.with_name(
-                      distilled.source.name.removesuffix(".safetensors") + ".report.yaml"),
-                  folder.with_name(folder.name + ".report.yaml")]
+    candidates = [folder / REPORT_NAME, report_path_for(distilled.source),
+                  report_path_for(folder)]
     if not distilled.sharded:
         candidates.pop()
     return next((c for c in candidates if c.is_file()), None)
