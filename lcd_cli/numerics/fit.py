@@ -269,19 +269,34 @@ def _blocks(h: Tensor, length: int, with_t: bool) -> Tensor:
     return x.view(c, -1, t_len)
 
 
+def _doubling_powers(s: Tensor, step: int, count: int) -> Tensor:
+    """e^{s step k} for k < count by doubling: the block k in [w, 2w) is the block [0, w) times
+    the exact exponential e^{s step w}, so each entry is log2(count) products away from an exp.
+
+    Args:
+        s: (C, N) complex log-poles.
+    Returns:
+        (C, count, N) complex.
+    """
+    out = torch.empty(s.shape[0], count, s.shape[1], dtype=s.dtype, device=s.device)  # (C, K, N)
+    out[:, 0] = 1.0
+    width = 1
+    while width < count:
+        span = min(width, count - width)
+        out[:, width : width + span] = out[:, :span] * torch.exp(s * (step * width))[:, None, :]
+        width += span
+    return out
+
+
 def _pole_tables(s: Tensor, t_len: int, a_len: int) -> tuple[Tensor, Tensor]:
-    """Powers e^{s b} (b < T) and e^{s T a} (a < A), each an exact exponential.
+    """Powers e^{s b} (b < T) and e^{s T a} (a < A), by doubling from exact exponentials.
 
     Args:
         s: (C, N) complex log-poles.
     Returns:
         inner (C, T, N), outer (C, A, N) complex.
     """
-    b = torch.arange(t_len, dtype=torch.float64, device=s.device)  # (T,)
-    a = torch.arange(a_len, dtype=torch.float64, device=s.device) * t_len  # (A,)
-    inner = torch.exp(s[:, None, :] * b[None, :, None])  # (C, T, N)
-    outer = torch.exp(s[:, None, :] * a[None, :, None])  # (C, A, N)
-    return inner, outer
+    return _doubling_powers(s, 1, t_len), _doubling_powers(s, t_len, a_len)
 
 
 def _as_real(z: Tensor) -> Tensor:
@@ -384,11 +399,24 @@ def _gram_blocks(
 
 
 def _pair_tables(s: Tensor, length: int, kmax: int) -> tuple[list[Tensor], list[Tensor]]:
-    """S_k(s_i + s_j) and S_k(s_i + conj s_j) for k <= kmax, each (C, N, N) complex."""
-    sp = s[:, :, None] + s[:, None, :]  # (C, N, N)
-    sq = s[:, :, None] + s.conj()[:, None, :]  # (C, N, N)
-    both = _geom_sums(torch.stack([sp, sq]), length, kmax)  # [(2, C, N, N)] * (kmax + 1)
-    return [b[0] for b in both], [b[1] for b in both]
+    """S_k(s_i + s_j) and S_k(s_i + conj s_j) for k <= kmax, each (C, N, N) complex.
+
+    Only i <= j is summed: the first table is symmetric and the second Hermitian
+    (S_k(conj sigma) = conj S_k(sigma)), so the lower triangles are copies.
+    """
+    n = s.shape[1]
+    iu, ju = torch.triu_indices(n, n, device=s.device)  # (P,), (P,) with i <= j
+    si, sj = s[:, iu], s[:, ju]  # (C, P)
+    both = _geom_sums(torch.stack([si + sj, si + sj.conj()]), length, kmax)  # [(2, C, P)] * (kmax + 1)
+    tabs_p, tabs_q = [], []
+    for pair in both:
+        p = pair.new_empty(2, s.shape[0], n, n)  # (2, C, N, N)
+        p[:, :, iu, ju] = pair
+        p[0, :, ju, iu] = pair[0]
+        p[1, :, ju, iu] = pair[1].conj()
+        tabs_p.append(p[0])
+        tabs_q.append(p[1])
+    return tabs_p, tabs_q
 
 
 def _rep2(x: Tensor) -> Tensor:
