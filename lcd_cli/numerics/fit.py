@@ -71,6 +71,9 @@ _BLOCK_MIN = 8  # shortest time block of the two-level sums
 _SIGNAL_BUDGET = 1 << 23  # float64 words of one channel block of a full-length pass (64 MiB)
 _CHANNEL_BUDGET = 1 << 25  # float64 words of per-chunk (C, 4N, 4N) work arrays (256 MiB)
 _CHUNK_CHANNELS = 64  # most channels per chunk: the unit of work of a worker process
+# LM batches hold a multiple of _LANES rows: twice the float64 vector width of torch's CPU
+# kernels (their vector loop takes two vectors a step), 16 where unknown.
+_LANES = {"AVX2": 8, "AVX512": 16}.get(torch.backends.cpu.get_cpu_capability(), 16)
 _FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-eq. resolution)
 _STALL_ITERS = 8  # a channel stops when its squared error fell by less than
 _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
@@ -225,20 +228,20 @@ def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
             - em1 * e / d**2
             + 2.0 * em1 * e**2 / d**3
         )
-    # Series, only where |sigma L| <= 1: the terms u^j / j! (shared by all k) as one cumulative
-    # product, summed against Q_{k+j} as one small matrix product.
+    # Series, only where |sigma L| <= 1: sum_j u^j (Q_{k+j} / j!) by Horner's rule for all k at
+    # once (elementwise: a channel's sums do not depend on what else is in the batch).
     out = [c.clone() for c in closed]
     idx = torch.nonzero(small.reshape(-1)).squeeze(-1)  # (S,)
     if idx.numel():
         q = _power_means(length, sigma.device).to(sigma.dtype)  # (J,) as complex
-        us = u.reshape(-1)[idx]  # (S,)
-        j = torch.arange(1, _SERIES_TERMS, dtype=torch.float64, device=sigma.device)  # (J - 1,)
-        steps = torch.cat([torch.ones_like(us)[:, None], us[:, None] / j], dim=1)  # (S, J)
-        terms = torch.cumprod(steps, dim=1)  # (S, J) u^j / j!
-        qk = torch.stack([q[k : k + _SERIES_TERMS] for k in range(kmax + 1)], dim=1)  # (J, K)
-        sums = terms @ qk  # (S, K)
+        us = u.reshape(-1)[idx][:, None]  # (S, 1)
+        coef = [torch.stack([q[k + j] for k in range(kmax + 1)]) / float(math.factorial(j))
+                for j in range(_SERIES_TERMS)]  # J x (K,)
+        acc = coef[-1].expand(us.shape[0], -1)  # (S, K)
+        for j in range(_SERIES_TERMS - 2, -1, -1):
+            acc = acc * us + coef[j]  # (S, K)
         for k in range(kmax + 1):
-            out[k].reshape(-1)[idx] = sums[:, k] * big_l ** (k + 1)
+            out[k].reshape(-1)[idx] = acc[:, k] * big_l ** (k + 1)
     return out
 
 
@@ -676,24 +679,33 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int, compact: bool = True)
     computes only the channels still moving; without, all channels are carried to the end
     (the reference the compacted loop is tested against).
 
+    The batch always holds a multiple of _LANES rows (zero-kernel filler rows, or stopped
+    channels kept a little longer): torch's elementwise kernels then run their vector loop over
+    whole tensors, never the scalar remainder loop (whose transcendental functions round
+    differently), so a channel's iterates do not depend on which or how many channels share
+    its batch, and compaction changes no result.
+
     Args:
         h: (C, >= L) float64; s: (C, N) complex128 initial log-poles.
     Returns:
         (C, N) refined log-poles (never worse than s on the window, up to the normal-equation
         resolution).
     """
-    if iters <= 0:
+    if iters <= 0 or s.shape[0] == 0:
         return s
     c, n = s.shape
     out = s.clone()  # (C, N)
-    rows = torch.arange(c, device=s.device)  # (C',) chunk rows of the batch
-    hb = _blocks(h, length, with_t=True)  # (C', 2A, T)
-    h2 = (h[:, :length] ** 2).sum(-1)  # (C',)
+    pad = (-c) % _LANES
+    rows = torch.cat([torch.arange(c, device=s.device),
+                      torch.full((pad,), -1, device=s.device)])  # (C',) chunk row, -1 = filler
+    hb = _blocks(torch.cat([h[:, :length], h.new_zeros(pad, length)]), length, with_t=True)  # (C', 2A, T)
+    s = torch.cat([s, s[:1].expand(pad, n)])  # (C', N)
+    h2 = torch.cat([(h[:, :length] ** 2).sum(-1), h.new_zeros(pad)])  # (C',)
     frozen_at = (_FROZEN_REL**2) * h2  # (C',)
     st = _vp_state(hb, s, length, h2)
-    mu = torch.full((c,), 1e-3, dtype=torch.float64, device=s.device)  # (C',)
-    hist = torch.empty(c, iters + 1, dtype=torch.float64, device=s.device)  # (C', I + 1) objective
-    hist[:, 0] = st["f"]
+    mu = torch.full((len(rows),), 1e-3, dtype=torch.float64, device=s.device)  # (C',)
+    hist = torch.empty(len(rows), iters + 1, dtype=torch.float64, device=s.device)  # (C', I + 1)
+    hist[:, 0] = st["f"]  # objective per iteration, for the stall test
     for it in range(iters):
         stalled = torch.zeros(len(rows), dtype=torch.bool, device=s.device)  # (C',)
         if it >= _STALL_ITERS:
@@ -701,13 +713,17 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int, compact: bool = True)
         active = (st["f"] > frozen_at) & (mu < 1e12) & ~stalled  # (C',)
         if not bool(active.any()):
             break
-        if compact and not bool(active.all()):
-            out[rows[~active]] = s[~active]
-            keep = active.nonzero()[:, 0]  # (C'',)
-            rows, s, mu, hb, h2, frozen_at, hist = (
-                x[keep] for x in (rows, s, mu, hb, h2, frozen_at, hist))
+        moving = int(active.sum())
+        size = -(-moving // _LANES) * _LANES  # rows kept: the moving ones, filled up to _LANES
+        if compact and size < len(rows):
+            stopped = (~active).nonzero()[:, 0]  # (S,)
+            keep = torch.sort(torch.cat([active.nonzero()[:, 0], stopped[: size - moving]])).values
+            gone = stopped[size - moving :]  # (G,) leave the batch
+            real = gone[rows[gone] >= 0]
+            out[rows[real]] = s[real]
+            rows, s, mu, hb, h2, frozen_at, hist, active = (
+                x[keep] for x in (rows, s, mu, hb, h2, frozen_at, hist, active))
             st = {key: val[keep] for key, val in st.items()}
-            active = active[keep]
         jtj = st["jtj"]  # (C', 2N, 2N)
         dg = torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(0.0)  # (C', 2N)
         dg = dg + 1e-9 * dg.mean(-1, keepdim=True) + 1e-300  # (C', 2N)
@@ -733,7 +749,8 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int, compact: bool = True)
             st[key] = torch.where(sel, st_try[key], st[key])
         mu = torch.where(better, mu / _MU_DOWN, torch.where(active, mu * 4.0, mu))
         hist[:, it + 1] = st["f"]
-    out[rows] = s
+    real = rows >= 0
+    out[rows[real]] = s[real]
     return out
 
 
