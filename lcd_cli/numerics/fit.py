@@ -1,11 +1,12 @@
 """Fit long-convolution kernels with modal (diagonal SSM) kernels, batched over channels.
 
 Dimensions:
-    C  channels (independent kernels; processed in memory-bounded chunks)
+    C  channels (independent kernels; fitted in fixed chunks of <= _CHUNK_CHANNELS)
     N  complex modes per channel (real state size 2N)
     K  candidate modes before selection (<= 2N) or real columns (2N or 4N)
     L  kernel length (LW: the refinement window, min(L, _REFINE_WINDOW))
-    T  time-chunk length of the streaming sums
+    T  time-block length of the two-level sums, ceil(sqrt(L)); A = ceil(L / T) blocks
+    P  pole pairs i <= j of the geometric-sum tables, N (N + 1) / 2
     m  Hankel rows of the ERA window
 
 Model: h_hat[c, t] = Re sum_n R[c, n] p[c, n]^t, p = exp(s) with s the log-pole.
@@ -23,22 +24,27 @@ Method:
    stable mode is the clamped one, not the reflection 1/conj p, which decays fast. With more
    than N candidate modes (real poles), the N of largest least-squares energy are kept; with
    fewer (short windows), distinct padding poles fill the rest. Channels whose final error is
-   far above the layer median restart from other starts (candidates from the window's second
+   far above the chunk's median restart from other starts (candidates from the window's second
    half, which expose slow tails; reflected poles; higher-rank realizations;
-   a rank-N realization for kernels of many clustered real modes).
+   a rank-N realization for kernels of many clustered real modes). One Hankel SVD, of the
+   largest rank any start uses, serves them all (`_era_basis`).
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
-   L x N matrix is formed; the right-hand sides sum_t h[t] p^t are streamed in time chunks.
+   L x N matrix is formed; the right-hand sides z = sum_t h[t] p^t are two-level sums
+   (`_moments`: t = T a + b, one real (A, T) x (T, 2N) product per channel).
 3. Refinement (`_refine`): Levenberg-Marquardt on the log-poles with variable projection
    (Golub & Pereyra 1973; Kaufman 1975 Jacobian): residues are eliminated by least squares at
    every step, J = -(I - P_A) dA/ds x. J^T J and the gradient also reduce to closed-form
-   geometric sums plus one streamed pass per trial. Per-channel damping; a step is accepted
-   only where it lowers the error; poles stay inside the disk.
+   geometric sums plus one two-level pass per trial. Per-channel damping; a step is accepted
+   only where it lowers the error; poles stay inside the disk. Channels that stop (frozen,
+   stalled, over-damped) leave the batch, without changing any result.
 4. Float32 safety: final poles are rounded to complex64 and the residues re-solved for the
    rounded poles over the full length L, with a Tikhonov term sized to the float32 unit roundoff
    (`_final_residues`), so near-collinear poles cannot take huge cancelling residues that
    rounding would destroy. The residues are then rounded too, and the error of exactly these
-   stored values is computed directly, not from the normal equations.
+   stored values is computed directly, not from the normal equations (`_abs_error`).
+5. Parallel fitting: the chunks are independent jobs (`lcd_cli.numerics.parallel`); worker
+   processes with one torch thread each give bit for bit the in-process results.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ _LSTSQ_BUDGET = 1 << 24  # float64 words of one explicit (C, L, 2N) least-square
 _F32_LAMBDA = 2.0**-24  # residue regularization for float32 storage (unit roundoff)
 _F64_LAMBDA = 1e-13  # the same for float64 parameters (a numerical-rank cut-off)
 _GRAM_REL_MIN = 1e-6  # below this relative error float32 residues are re-solved by SVD: the
-# Gram solve resolves the output to ~unit roundoff / _F32_LAMBDA ~ 1e-9, kept 1000x away
+# Gram solve squares the conditioning, which shows only on float32-exact sources (~1e-14)
 # Outlier restarts, in order: (ERA realization rank a*N + b as (a, b), reflect unstable poles,
 # add second-half modes). Rank N (not 2N) suits kernels made of many clustered real modes (an
 # SSM source of higher order): its N eigenvalues need no selection, which modal truncation
@@ -822,8 +828,8 @@ def _finish(h: Tensor, s: Tensor, float32: bool) -> tuple[Tensor, Tensor, Tensor
     """Stable poles, their residues and the direct error ||h - h_hat||; with float32, the
     parameters are rounded to complex64 (poles before the residue solve) and scored as
     rounded. float32 residues come from the Gram-matrix solve; channels it leaves below
-    _GRAM_REL_MIN relative error (where its ~unit-roundoff / lam resolution could show) are
-    solved again by the SVD of the basis, and the better of the two is kept."""
+    _GRAM_REL_MIN relative error (where its squared conditioning could show) are solved again
+    by the SVD of the basis, and the better of the two is kept."""
     poles = _stabilize(torch.exp(s))  # (C, N)
     if not float32:
         res = _final_residues(h, poles, _F64_LAMBDA, gram=False)  # (C, N)
@@ -853,8 +859,9 @@ def _tikhonov_solve(g: Tensor, b: Tensor, lam: float) -> Tensor:
     S = diag(column norms): unit-diagonal scaling, then the eigen-decomposition G_s = V M V^T
     gives x_s = V (M + lam^2)^-1 V^T b_s, the SVD filter factors s / (s^2 + lam^2) with
     s^2 = M. Columns of norm <= 1e-12 of the largest get 0 (-Im p^t = 0 for real p).
-    The eigenvalues carry absolute errors ~ the unit roundoff, small against lam^2 for
-    lam = _F32_LAMBDA (not for _F64_LAMBDA: float64 parameters use the SVD of A)."""
+    G's rounding (~sqrt(L) unit roundoffs on the unit diagonal) is comparable to lam^2 for
+    lam = _F32_LAMBDA and moves only the filter of directions that carry almost no output
+    (docs/math.md); far above lam^2 for _F64_LAMBDA, whose parameters use the SVD of A."""
     norm = torch.sqrt(torch.diagonal(g, dim1=-2, dim2=-1).clamp_min(0.0))  # (C, K)
     live = norm > 1e-12 * norm.amax(-1, keepdim=True)  # (C, K)
     inv = torch.where(live, 1.0 / torch.where(live, norm, 1.0), 0.0)  # (C, K)
