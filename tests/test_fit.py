@@ -236,3 +236,161 @@ def distinct_count(h: torch.Tensor) -> int:
 
     rows = _distinct_rows(h)
     return h.shape[0] if rows is None else int(rows[0].numel())
+
+
+# ----------------------------------------------------------------------------- fast paths
+# The fitter's inner sums against plain float64 loops over t (independent references).
+
+
+def _random_log_poles(channels: int, modes: int, seed: int) -> torch.Tensor:
+    """Stable log-poles: radius 0.3 .. 0.999, one real (angle 0) and one on the radius cap."""
+    gen = torch.Generator().manual_seed(seed)
+    radius = 0.3 + 0.699 * torch.rand(channels, modes, generator=gen, dtype=torch.float64)
+    angle = math.pi * torch.rand(channels, modes, generator=gen, dtype=torch.float64)
+    angle[:, 0] = 0.0
+    radius[:, -1] = 1.0 - 1e-6
+    return torch.log(torch.polar(radius, angle))
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+def test_two_level_moments_match_loop(length: int) -> None:
+    import lcd_cli.numerics.fit as fit_mod
+
+    h = _damped_oscillatory(3, length + 5, seed=12)  # longer than L: only t < L counts
+    s = _random_log_poles(3, 5, seed=13)  # (C, N)
+    z_ref = torch.zeros(3, 5, dtype=torch.complex128)
+    d_ref = torch.zeros_like(z_ref)
+    power = torch.ones_like(z_ref)
+    p = torch.exp(s)
+    for t in range(length):
+        z_ref += h[:, t, None] * power
+        d_ref += t * h[:, t, None] * power
+        power = power * p
+    z, d = fit_mod._moments(fit_mod._blocks(h, length, True), s, length, True)
+    assert d is not None
+    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12 * float(z_ref.abs().max()))
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12 * float(d_ref.abs().max()))
+    z_full = fit_mod._moments_full(h, s, length)
+    torch.testing.assert_close(z_full, z_ref, rtol=1e-12, atol=1e-12 * float(z_ref.abs().max()))
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+def test_direct_error_matches_loop(length: int) -> None:
+    import lcd_cli.numerics.fit as fit_mod
+
+    h = _damped_oscillatory(4, length, seed=14)
+    poles = torch.exp(_random_log_poles(4, 6, seed=15))
+    g = torch.Generator().manual_seed(16)
+    residues = torch.view_as_complex(torch.randn(4, 6, 2, generator=g, dtype=torch.float64))
+    residues[1] = 0.0  # a zero model: the error is ||h||
+    ref = (h - _loop_kernel(poles, residues, length)).norm(dim=-1)
+    err = fit_mod._abs_error(h, poles, residues)
+    torch.testing.assert_close(err, ref, rtol=1e-10, atol=0)
+    assert float(err[1]) == pytest.approx(float(h[1].norm()), rel=1e-14)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+def test_geometric_sums_match_loop(length: int) -> None:
+    import lcd_cli.numerics.fit as fit_mod
+
+    # |sigma L| below and above 1 (series and closed form), a pure phase, sigma = 0.
+    sigma = torch.tensor([0.0, -0.1 / length, complex(-0.5 / length, 0.3 / length),
+                          complex(0.0, 2.0), -0.01, complex(-0.2, 1.3)], dtype=torch.complex128)
+    t = torch.arange(length, dtype=torch.float64)
+    sums = fit_mod._geom_sums(sigma, length, 2)
+    for k in range(3):
+        ref = ((t**k)[None, :] * torch.exp(sigma[:, None] * t[None, :])).sum(-1)  # (S,)
+        torch.testing.assert_close(sums[k], ref, rtol=1e-11, atol=1e-11 * float(ref.abs().max()))
+
+
+def _svd_tikhonov(h: torch.Tensor, poles: torch.Tensor, lam: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference: argmin ||h - A x||^2 + lam^2 ||S x||^2 by the SVD of the explicit basis
+    A = [Re p^t, -Im p^t] built with one exp per entry. Returns x (C, 2N), A, column norms."""
+    t = torch.arange(h.shape[1], dtype=torch.float64)
+    v = torch.exp(torch.log(poles)[..., None] * t)  # (C, N, L)
+    a = torch.cat([v.real, -v.imag], dim=1).transpose(1, 2)  # (C, L, 2N)
+    norm = a.norm(dim=1)  # (C, 2N)
+    live = norm > 1e-12 * norm.amax(-1, keepdim=True)
+    scale = torch.where(live, norm, 1.0)
+    a_s = torch.where(live[:, None, :], a / scale[:, None, :], 0.0)
+    u, sv, vh = torch.linalg.svd(a_s, full_matrices=False)
+    coef = (u.transpose(1, 2) @ h[:, :, None])[..., 0] * sv / (sv * sv + lam * lam)
+    return (vh.transpose(1, 2) @ coef[..., None])[..., 0] / scale, a, norm
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+def test_gram_residues_minimize_the_tikhonov_objective(length: int) -> None:
+    """The Gram-matrix (eigen-decomposition) Tikhonov solve of the float32 path reaches the
+    objective ||h - A x||^2 + lam^2 ||S x||^2 of the SVD filter-factor solution."""
+    import lcd_cli.numerics.fit as fit_mod
+
+    h = _damped_oscillatory(3, length, seed=17)
+    poles = torch.exp(_random_log_poles(3, 6, seed=18))  # (C, N) one real pole each
+    lam = fit_mod._F32_LAMBDA
+    x_ref, a, norm = _svd_tikhonov(h, poles, lam)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        fit_err = (h - (a @ x[:, :, None])[..., 0]).norm(dim=-1) ** 2
+        return fit_err + lam**2 * ((x * norm) ** 2).sum(-1)
+
+    res = fit_mod._final_residues(h, poles, lam, gram=True)  # (C, N)
+    x = torch.cat([res.real, res.imag], dim=1)
+    torch.testing.assert_close(objective(x), objective(x_ref), rtol=1e-9, atol=0)
+
+
+def test_float32_finish_near_collinear_poles_no_worse_than_svd() -> None:
+    """A kernel made of its own modes with a near-collinear pole pair (huge cancelling
+    residues): the float32 finish scores as well as rounding the SVD reference solution, up to
+    one unit roundoff of float32 storage (the errors themselves are rounding-sized), because
+    channels fitted below _GRAM_REL_MIN are re-solved by SVD."""
+    import lcd_cli.numerics.fit as fit_mod
+
+    s = _random_log_poles(3, 6, seed=22)  # (C, N)
+    s[:, 2] = s[:, 1] + 1e-7
+    poles = torch.exp(s).to(torch.complex64).to(torch.complex128)  # exactly storable poles
+    g = torch.Generator().manual_seed(23)
+    res = torch.view_as_complex(torch.randn(3, 6, 2, generator=g, dtype=torch.float64))
+    h = _loop_kernel(poles, res, 1000)
+    _, _, err = fit_mod._finish(h, torch.log(poles), True)
+    x_ref, _, _ = _svd_tikhonov(h, poles, fit_mod._F32_LAMBDA)
+    r_ref = torch.complex(x_ref[:, :6], x_ref[:, 6:]).to(torch.complex64).to(torch.complex128)
+    err_ref = (h - _loop_kernel(poles, r_ref, 1000)).norm(dim=-1)
+    assert bool((err <= err_ref + 2.0**-24 * h.norm(dim=-1)).all())
+    assert float((err / h.norm(dim=-1)).max()) < 1e-5
+
+
+def test_compacted_refinement_is_bit_identical() -> None:
+    """Stopped channels leave the LM batch: the result is bit for bit that of carrying every
+    channel to the end, and that of refining each channel alone (no batch effect)."""
+    import lcd_cli.numerics.fit as fit_mod
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        h = _damped_oscillatory(6, 1000, seed=19)
+        h[2] = _mixed_modal(1, 1000, seed=20)[0][0]  # exact: freezes early
+        s0 = fit_mod._era_poles(h, 6, 0)
+        compact = fit_mod._refine(h, s0, 1000, 60, compact=True)
+        carried = fit_mod._refine(h, s0, 1000, 60, compact=False)
+        alone = torch.cat([fit_mod._refine(h[i : i + 1], s0[i : i + 1], 1000, 60)
+                           for i in range(6)])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(compact, carried)
+    assert torch.equal(compact, alone)
+    assert not torch.equal(compact, s0)
+
+
+def test_restart_starts_share_one_hankel_svd() -> None:
+    """The restarts' higher-rank ERA bases are leading columns of one SVD: its first 2N
+    columns are exactly those of a rank-2N call."""
+    from lcd_cli.numerics.hankel import hankel_svd, sketch_width
+
+    h = _damped_oscillatory(3, 1000, seed=21)
+    u_small, _, exact, _ = hankel_svd(h, 8, exact_max_rows=64, seed=5, power_iters=2)
+    u_big, _, _, _ = hankel_svd(h, 12, exact_max_rows=64, seed=5, power_iters=2,
+                                sketch=sketch_width(8))
+    assert not exact and u_small is not None and u_big is not None
+    assert u_big.shape[-1] == 12
+    assert torch.equal(u_big[..., :8], u_small)

@@ -1,11 +1,12 @@
 """Fit long-convolution kernels with modal (diagonal SSM) kernels, batched over channels.
 
 Dimensions:
-    C  channels (independent kernels; processed in memory-bounded chunks)
+    C  channels (independent kernels; fitted in fixed chunks of <= _CHUNK_CHANNELS)
     N  complex modes per channel (real state size 2N)
     K  candidate modes before selection (<= 2N) or real columns (2N or 4N)
     L  kernel length (LW: the refinement window, min(L, _REFINE_WINDOW))
-    T  time-chunk length of the streaming sums
+    T  time-block length of the two-level sums, ceil(sqrt(L)); A = ceil(L / T) blocks
+    P  pole pairs i <= j of the geometric-sum tables, N (N + 1) / 2
     m  Hankel rows of the ERA window
 
 Model: h_hat[c, t] = Re sum_n R[c, n] p[c, n]^t, p = exp(s) with s the log-pole.
@@ -23,22 +24,27 @@ Method:
    stable mode is the clamped one, not the reflection 1/conj p, which decays fast. With more
    than N candidate modes (real poles), the N of largest least-squares energy are kept; with
    fewer (short windows), distinct padding poles fill the rest. Channels whose final error is
-   far above the layer median restart from other starts (candidates from the window's second
+   far above the chunk's median restart from other starts (candidates from the window's second
    half, which expose slow tails; reflected poles; higher-rank realizations;
-   a rank-N realization for kernels of many clustered real modes).
+   a rank-N realization for kernels of many clustered real modes). One Hankel SVD, of the
+   largest rank any start uses, serves them all (`_era_basis`).
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
-   L x N matrix is formed; the right-hand sides sum_t h[t] p^t are streamed in time chunks.
+   L x N matrix is formed; the right-hand sides z = sum_t h[t] p^t are two-level sums
+   (`_moments`: t = T a + b, one real (A, T) x (T, 2N) product per channel).
 3. Refinement (`_refine`): Levenberg-Marquardt on the log-poles with variable projection
    (Golub & Pereyra 1973; Kaufman 1975 Jacobian): residues are eliminated by least squares at
    every step, J = -(I - P_A) dA/ds x. J^T J and the gradient also reduce to closed-form
-   geometric sums plus one streamed pass per trial. Per-channel damping; a step is accepted
-   only where it lowers the error; poles stay inside the disk.
+   geometric sums plus one two-level pass per trial. Per-channel damping; a step is accepted
+   only where it lowers the error; poles stay inside the disk. Channels that stop (frozen,
+   stalled, over-damped) leave the batch, without changing any result.
 4. Float32 safety: final poles are rounded to complex64 and the residues re-solved for the
    rounded poles over the full length L, with a Tikhonov term sized to the float32 unit roundoff
    (`_final_residues`), so near-collinear poles cannot take huge cancelling residues that
    rounding would destroy. The residues are then rounded too, and the error of exactly these
-   stored values is computed directly, not from the normal equations.
+   stored values is computed directly, not from the normal equations (`_abs_error`).
+5. Parallel fitting: the chunks are independent jobs (`lcd_cli.numerics.parallel`); worker
+   processes with one torch thread each give bit for bit the in-process results.
 """
 
 from __future__ import annotations
@@ -47,11 +53,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.numerics.hankel import hankel_shape, hankel_svd
+from lcd_cli.numerics.hankel import hankel_shape, hankel_svd, sketch_width
+from lcd_cli.numerics.parallel import resolve_workers, run_jobs
 
 _R_MAX = 1.0 - 1e-6  # pole radius cap: strictly stable, also after complex64 rounding
 _R_MIN = 1e-6  # pole radius floor: keeps log-poles finite
@@ -65,14 +73,21 @@ _REFINE_ITERS = 100
 _MU_DOWN = 3.0  # Levenberg-Marquardt damping divisor after an accepted step (x4 after a rejection)
 _RIDGE = 1e-12  # Tikhonov term on the unit-diagonal-scaled Gram matrix
 _SERIES_TERMS = 22  # Taylor terms of the geometric sums for |sigma L| <= 1
-_STREAM_BUDGET = 1 << 22  # complex elements of one (C, N, T) block of powers
+_BLOCK_MIN = 8  # shortest time block of the two-level sums
+_SIGNAL_BUDGET = 1 << 23  # float64 words of one channel block of a full-length pass (64 MiB)
 _CHANNEL_BUDGET = 1 << 25  # float64 words of per-chunk (C, 4N, 4N) work arrays (256 MiB)
+_CHUNK_CHANNELS = 64  # most channels per chunk: the unit of work of a worker process
+# LM batches hold a multiple of _LANES rows: twice the float64 vector width of torch's CPU
+# kernels (their vector loop takes two vectors a step), 16 where unknown.
+_LANES = {"AVX2": 8, "AVX512": 16}.get(torch.backends.cpu.get_cpu_capability(), 16)
 _FROZEN_REL = 1e-7  # channels below this relative error stop refining (normal-eq. resolution)
 _STALL_ITERS = 8  # a channel stops when its squared error fell by less than
 _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
 _LSTSQ_BUDGET = 1 << 24  # float64 words of one explicit (C, L, 2N) least-squares basis
 _F32_LAMBDA = 2.0**-24  # residue regularization for float32 storage (unit roundoff)
 _F64_LAMBDA = 1e-13  # the same for float64 parameters (a numerical-rank cut-off)
+_GRAM_REL_MIN = 1e-6  # below this relative error float32 residues are re-solved by SVD: the
+# Gram solve squares the conditioning, which shows only on float32-exact sources (~1e-14)
 # Outlier restarts, in order: (ERA realization rank a*N + b as (a, b), reflect unstable poles,
 # add second-half modes). Rank N (not 2N) suits kernels made of many clustered real modes (an
 # SSM source of higher order): its N eigenvalues need no selection, which modal truncation
@@ -219,79 +234,155 @@ def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
             - em1 * e / d**2
             + 2.0 * em1 * e**2 / d**3
         )
-    # Series, only where |sigma L| <= 1 (terms u^j / j! shared by all k).
+    # Series, only where |sigma L| <= 1: sum_j u^j (Q_{k+j} / j!) by Horner's rule for all k at
+    # once (elementwise: a channel's sums do not depend on what else is in the batch).
     out = [c.clone() for c in closed]
     idx = torch.nonzero(small.reshape(-1)).squeeze(-1)  # (S,)
     if idx.numel():
         q = _power_means(length, sigma.device).to(sigma.dtype)  # (J,) as complex
-        us = u.reshape(-1)[idx]  # (S,)
-        term = torch.ones_like(us)  # (S,) u^j / j!
-        accs = [torch.zeros_like(us) for _ in range(kmax + 1)]  # (S,) each
-        for j in range(_SERIES_TERMS):
-            for k in range(kmax + 1):
-                accs[k] = accs[k] + term * q[k + j]
-            term = term * us / (j + 1)
+        us = u.reshape(-1)[idx][:, None]  # (S, 1)
+        coef = [torch.stack([q[k + j] for k in range(kmax + 1)]) / float(math.factorial(j))
+                for j in range(_SERIES_TERMS)]  # J x (K,)
+        acc = coef[-1].expand(us.shape[0], -1)  # (S, K)
+        for j in range(_SERIES_TERMS - 2, -1, -1):
+            acc = acc * us + coef[j]  # (S, K)
         for k in range(kmax + 1):
-            out[k].reshape(-1)[idx] = accs[k] * big_l ** (k + 1)
+            out[k].reshape(-1)[idx] = acc[:, k] * big_l ** (k + 1)
     return out
 
 
-# ----------------------------------------------------------------------------- streamed sums
+# ----------------------------------------------------------------------------- two-level sums
 
 
-def _time_chunk(c: int, n: int, length: int) -> int:
-    """Time-chunk length: ~sqrt(L) balances building the powers against per-chunk shifts."""
-    target = max(256, min(2048, int(math.sqrt(length)) * 8))
-    return int(max(16, min(length, target, _STREAM_BUDGET // max(1, c * n))))
+def _block_len(length: int) -> int:
+    """Time-block length T = ceil(sqrt(L)) (at least _BLOCK_MIN): t = T a + b, a < A, b < T."""
+    return max(_BLOCK_MIN, math.isqrt(max(length - 1, 0)) + 1)
 
 
-def _powers(s: Tensor, count: int) -> Tensor:
-    """e^{s tau} for tau = 0 .. count - 1 by doubling (one complex product per entry).
-
-    Args:
-        s: (C, N) complex.
-    Returns:
-        (C, N, count) complex.
-    """
-    out = torch.empty(*s.shape, count, dtype=s.dtype, device=s.device)  # (C, N, T)
-    out[..., 0] = 1.0
-    width = 1
-    while width < count:
-        step = min(width, count - width)
-        shift = torch.exp(s * width)[..., None]  # (C, N, 1) exact e^{s width}
-        out[..., width : width + step] = out[..., :step] * shift
-        width += step
-    return out
-
-
-def _moments(h: Tensor, s: Tensor, length: int, with_t: bool) -> tuple[Tensor, Tensor | None]:
-    """z[c, n] = sum_{t<L} h[c, t] e^{s t} and (optionally) d[c, n] = sum_t t h[c, t] e^{s t}.
-
-    Streams over time chunks: the (C, N, T) block of powers e^{s tau} is built once and
-    shifted by e^{s t0} per chunk, so memory is O(C N T).
+def _blocks(h: Tensor, length: int, with_t: bool) -> Tensor:
+    """h[:, :L] cut into time blocks for the two-level sums, zero past L.
 
     Args:
         h: (C, >= L) float64.
+    Returns:
+        (C, A, T), or (C, 2A, T) with the blocks of t h[t] below those of h (with_t).
+    """
+    c = h.shape[0]
+    t_len = _block_len(length)
+    a_len = -(-length // t_len)
+    x = h.new_zeros(c, a_len * t_len)  # (C, A T)
+    x[:, :length] = h[:, :length]
+    if with_t:
+        t = torch.arange(a_len * t_len, dtype=h.dtype, device=h.device)  # (A T,)
+        x = torch.cat([x, x * t], dim=1)  # (C, 2 A T)
+    return x.view(c, -1, t_len)
+
+
+def _doubling_powers(s: Tensor, step: int, count: int) -> Tensor:
+    """e^{s step k} for k < count by doubling: the block k in [w, 2w) is the block [0, w) times
+    the exact exponential e^{s step w}, so each entry is log2(count) products away from an exp.
+
+    Args:
+        s: (C, N) complex log-poles.
+    Returns:
+        (C, count, N) complex.
+    """
+    out = torch.empty(s.shape[0], count, s.shape[1], dtype=s.dtype, device=s.device)  # (C, K, N)
+    out[:, 0] = 1.0
+    width = 1
+    while width < count:
+        span = min(width, count - width)
+        out[:, width : width + span] = out[:, :span] * torch.exp(s * (step * width))[:, None, :]
+        width += span
+    return out
+
+
+def _pole_tables(s: Tensor, t_len: int, a_len: int) -> tuple[Tensor, Tensor]:
+    """Powers e^{s b} (b < T) and e^{s T a} (a < A), by doubling from exact exponentials.
+
+    Args:
+        s: (C, N) complex log-poles.
+    Returns:
+        inner (C, T, N), outer (C, A, N) complex.
+    """
+    return _doubling_powers(s, 1, t_len), _doubling_powers(s, t_len, a_len)
+
+
+def _as_real(z: Tensor) -> Tensor:
+    """(C, R, N) complex -> (C, R, 2N) float64, [Re, Im] interleaved per mode (a view)."""
+    return torch.view_as_real(z).flatten(-2)
+
+
+def _moments(hb: Tensor, s: Tensor, length: int, with_t: bool) -> tuple[Tensor, Tensor | None]:
+    """z[c, n] = sum_{t<L} h[c, t] e^{s t} and (optionally) d[c, n] = sum_t t h[c, t] e^{s t}.
+
+    Two-level sums: with t = T a + b, z = sum_a e^{s T a} sum_b h[T a + b] e^{s b}. The inner
+    sums of all blocks are one real (A, T) x (T, 2N) matrix product per channel (h is real), so
+    a pass costs ~(A + T) N exponentials and one BLAS3 product instead of L N powers.
+
+    Args:
+        hb: (C, A | 2A, T) from _blocks(h, L, with_t).
         s: (C, N) complex128 log-poles.
     Returns:
         z (C, N) complex, d (C, N) complex or None.
     """
-    c, n = s.shape
-    chunk = _time_chunk(c, n, length)
-    tau = torch.arange(chunk, dtype=torch.float64, device=s.device)  # (T,)
-    powers = _powers(s, chunk)  # (C, N, T)
-    z = torch.zeros(c, n, dtype=s.dtype, device=s.device)  # (C, N)
-    d = torch.zeros_like(z) if with_t else None  # (C, N)
-    for t0 in range(0, length, chunk):
-        width = min(chunk, length - t0)
-        hc = h[:, t0 : t0 + width].to(s.dtype)  # (C, T')
-        rhs = torch.stack([hc, hc * tau[:width]], -1) if with_t else hc[..., None]  # (C, T', 1|2)
-        prod = powers[:, :, :width] @ rhs  # (C, N, 1|2)
-        base = torch.exp(s * t0)  # (C, N)
-        z += base * prod[..., 0]
-        if d is not None:
-            d += base * (t0 * prod[..., 0] + prod[..., 1])
+    c, rows, t_len = hb.shape
+    n = s.shape[1]
+    a_len = rows // 2 if with_t else rows
+    inner, outer = _pole_tables(s, t_len, a_len)  # (C, T, N), (C, A, N)
+    part = torch.view_as_complex((hb @ _as_real(inner)).view(c, rows, n, 2))  # (C, A | 2A, N)
+    z = (outer * part[:, :a_len]).sum(1)  # (C, N)
+    d = (outer * part[:, a_len:]).sum(1) if with_t else None  # (C, N)
     return z, d
+
+
+def _signal_step(length: int) -> int:
+    """Channels per block of a full-length pass (bounded memory at long L)."""
+    return max(1, _SIGNAL_BUDGET // max(1, length))
+
+
+def _moments_full(h: Tensor, s: Tensor, length: int) -> Tensor:
+    """z = sum_{t<L} h[c, t] e^{s t} (C, N) over channel blocks of bounded size."""
+    step = _signal_step(length)
+    parts = [_moments(_blocks(h[i : i + step], length, False), s[i : i + step], length, False)[0]
+             for i in range(0, h.shape[0], step)]
+    return torch.cat(parts) if parts else s.new_zeros(s.shape)
+
+
+def _abs_error(h: Tensor, poles: Tensor, residues: Tensor) -> Tensor:
+    """||h - h_hat|| per channel, h_hat[t] = Re sum_n R p^t, computed directly in float64.
+
+    The model is evaluated by the same two-level tables as the moments: the block of rows a is
+    Re((R e^{s T a}) e^{s b}), one real (A, 2N) x (2N, T) product per channel.
+
+    Args:
+        h: (C, L) float64; poles, residues: (C, N) complex128.
+    Returns:
+        (C,) float64.
+    """
+    c, length = h.shape
+    out = torch.zeros(c, dtype=torch.float64, device=h.device)  # (C,)
+    if c == 0 or length == 0:
+        return out
+    step = _signal_step(length)
+    for i in range(0, c, step):
+        hb = _blocks(h[i : i + step], length, False)  # (Cb, A, T)
+        cb, a_len, t_len = hb.shape
+        inner, outer = _pole_tables(torch.log(poles[i : i + step]), t_len, a_len)
+        # Re(R x) = Re R Re x - Im R Im x: conj(R) against [Re x, Im x].
+        coef = torch.conj_physical(residues[i : i + step, None, :] * outer)  # (Cb, A, N)
+        model = _as_real(coef) @ _as_real(inner).transpose(1, 2)  # (Cb, A, T)
+        diff = (hb - model).view(cb, -1)[:, :length]  # (Cb, L)
+        out[i : i + step] = torch.linalg.vector_norm(diff, dim=-1)
+    return out
+
+
+def _relative(err: Tensor, h: Tensor) -> Tensor:
+    """err / max(||h||, tiny) per channel, tiny = 1e-12 max_c ||h_c|| (err where that is 0)."""
+    norm = torch.linalg.vector_norm(h, dim=-1)  # (C,)
+    tiny = 1e-12 * norm.max() if norm.numel() else norm.new_tensor(0.0)
+    den = torch.maximum(norm, tiny)  # (C,)
+    return torch.where(den > 0, err / torch.where(den > 0, den, 1.0), err)
 
 
 # ----------------------------------------------------------------------------- least squares
@@ -317,11 +408,24 @@ def _gram_blocks(
 
 
 def _pair_tables(s: Tensor, length: int, kmax: int) -> tuple[list[Tensor], list[Tensor]]:
-    """S_k(s_i + s_j) and S_k(s_i + conj s_j) for k <= kmax, each (C, N, N) complex."""
-    sp = s[:, :, None] + s[:, None, :]  # (C, N, N)
-    sq = s[:, :, None] + s.conj()[:, None, :]  # (C, N, N)
-    both = _geom_sums(torch.stack([sp, sq]), length, kmax)  # [(2, C, N, N)] * (kmax + 1)
-    return [b[0] for b in both], [b[1] for b in both]
+    """S_k(s_i + s_j) and S_k(s_i + conj s_j) for k <= kmax, each (C, N, N) complex.
+
+    Only i <= j is summed: the first table is symmetric and the second Hermitian
+    (S_k(conj sigma) = conj S_k(sigma)), so the lower triangles are copies.
+    """
+    n = s.shape[1]
+    iu, ju = torch.triu_indices(n, n, device=s.device)  # (P,), (P,) with i <= j
+    si, sj = s[:, iu], s[:, ju]  # (C, P)
+    both = _geom_sums(torch.stack([si + sj, si + sj.conj()]), length, kmax)  # [(2, C, P)] * (kmax + 1)
+    tabs_p, tabs_q = [], []
+    for pair in both:
+        p = pair.new_empty(2, s.shape[0], n, n)  # (2, C, N, N)
+        p[:, :, iu, ju] = pair
+        p[0, :, ju, iu] = pair[0]
+        p[1, :, ju, iu] = pair[1].conj()
+        tabs_p.append(p[0])
+        tabs_q.append(p[1])
+    return tabs_p, tabs_q
 
 
 def _rep2(x: Tensor) -> Tensor:
@@ -372,6 +476,17 @@ def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
     return x[..., 0] if vec else x
 
 
+def _normal_equations(s: Tensor, z: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Closed-form Gram matrix G = A^T A (C, 2N, 2N) of the real columns [Re p^t, -Im p^t]
+    (t < L) and the right-hand side A^T h = [Re z; -Im z] (C, 2N), z = sum_t h[t] p^t."""
+    tp, tq = _pair_tables(s, length, 0)
+    ones = torch.ones_like(s)  # (C, N)
+    gam = torch.cat([ones, 1j * ones], dim=1)  # (C, 2N)
+    g = _gram_blocks(s, gam, gam, _rep2(tp[0]), _rep2(tq[0]))  # (C, 2N, 2N)
+    b = (gam * torch.cat([z, z], dim=1)).real  # (C, 2N)
+    return g, b
+
+
 def _solve_residues(
     h: Tensor, s: Tensor, length: int, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -383,12 +498,8 @@ def _solve_residues(
         residues (C, N) complex128, squared residual (C,) from the normal equations.
     """
     n = s.shape[1]
-    z, _ = _moments(h, s, length, with_t=False)  # (C, N)
-    tp, tq = _pair_tables(s, length, 0)
-    ones = torch.ones_like(s)  # (C, N)
-    gam = torch.cat([ones, 1j * ones], dim=1)  # (C, 2N)
-    g = _gram_blocks(s, gam, gam, _rep2(tp[0]), _rep2(tq[0]))  # (C, 2N, 2N)
-    b = (gam * torch.cat([z, z], dim=1)).real  # (C, 2N)
+    z = _moments_full(h, s, length)  # (C, N)
+    g, b = _normal_equations(s, z, length)  # (C, 2N, 2N), (C, 2N)
     m2 = torch.cat([mask, mask], dim=1) if mask is not None else None  # (C, 2N)
     x = _ridge_solve(g, b, m2)  # (C, 2N)
     h2 = (h[:, :length] ** 2).sum(-1)  # (C,)
@@ -453,15 +564,31 @@ def _select_modes(
     return torch.gather(allp, 1, idx)
 
 
-def _kung_candidates(hw: Tensor, rank: int, seed: int, reflect: bool) -> tuple[Tensor, Tensor]:
-    """Candidate modes of Kung's method on one window: (C, r) poles and validity (r <= rank)."""
+def _era_basis(hw: Tensor, order: int, rank: int, seed: int) -> Tensor | None:
+    """Leading left singular vectors U (C, m, r) of the window's square Hankel matrix,
+    r = min(rank, m - 1, n), or None when r < 1.
+
+    The randomized SVD uses the range-finder width of a rank-2N call, so U[..., :2N] is what
+    that call returns and one SVD serves every start of rank <= `rank` (the restarts).
+    """
     m, n = hankel_shape(hw.shape[1])
     r = min(rank, m - 1, n)
+    if r < 1:
+        return None
+    base = min(2 * order, m - 1, n)
     u, _, _, _ = hankel_svd(
-        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS
+        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS,
+        sketch=sketch_width(max(base, 1)),
     )  # (C, m, r)
     if u is None:  # pragma: no cover - hankel_svd returns vectors when asked
         raise RuntimeError("hankel_svd returned no singular vectors")
+    return u
+
+
+def _kung_candidates(u: Tensor, rank: int, reflect: bool) -> tuple[Tensor, Tensor]:
+    """Candidate modes of Kung's method from the leading `rank` columns of U (C, m, >= rank):
+    shift invariance U[1:] ~ U[:-1] A, poles = eig(A). Returns (C, r) poles and validity."""
+    u = u[..., :rank]  # (C, m, r)
     u1, u2 = u[:, :-1], u[:, 1:]  # (C, m-1, r)
     u1t = u1.transpose(-1, -2)  # (C, r, m-1)
     a = _solve(u1t @ u1, u1t @ u2)  # (C, r, r) shift operator
@@ -469,7 +596,7 @@ def _kung_candidates(hw: Tensor, rank: int, seed: int, reflect: bool) -> tuple[T
 
 
 def _era_poles(h: Tensor, order: int, seed: int, rank: int | None = None, reflect: bool = False,
-               tail: bool = False) -> Tensor:
+               tail: bool = False, basis: Tensor | None = None) -> Tensor:
     """Initial log-poles by Kung's method on the window h[:, :W] (realization rank 2N unless
     given; the N modes of largest least-squares energy are kept; unstable ones clamped or
     reflected).
@@ -478,6 +605,7 @@ def _era_poles(h: Tensor, order: int, seed: int, rank: int | None = None, reflec
 
     Args:
         h: (C, L) float64.
+        basis: (C, m, >= r) from _era_basis of this window (computed here when None).
     Returns:
         (C, order) complex128 log-poles.
     """
@@ -486,15 +614,22 @@ def _era_poles(h: Tensor, order: int, seed: int, rank: int | None = None, reflec
     hw = h[:, :w]  # (C, W)
     m, n = hankel_shape(w)
     rank = 2 * order if rank is None else rank
-    if min(rank, m - 1, n) < 1:
+    r = min(rank, m - 1, n)
+    if r < 1:
         return torch.log(_pad_poles(c, order, h.device))
-    cand, valid = _kung_candidates(hw, rank, seed, reflect)  # (C, r)
+    u = _era_basis(hw, order, r, seed) if basis is None else basis  # (C, m, >= r)
+    cand, valid = _kung_candidates(u, r, reflect)  # (C, r)
     if tail and w // 2 >= 4:
         # Shifting the window rescales residues only: its poles are poles of hw as well.
-        ct, vt = _kung_candidates(hw[:, w // 2 :], 2 * order, seed, reflect)  # (C, r')
-        gap = (ct[:, :, None] - cand[:, None, :]).abs().amin(-1)  # (C, r') to the nearest main
-        vt = vt & (gap > 1e-6)  # duplicates add nothing but a singular Gram matrix
-        cand, valid = torch.cat([cand, ct], 1), torch.cat([valid, vt], 1)  # (C, r + r')
+        ht = hw[:, w // 2 :]  # (C, W - W/2)
+        mt, nt = hankel_shape(ht.shape[1])
+        rt = min(2 * order, mt - 1, nt)
+        ut = _era_basis(ht, order, rt, seed)  # (C, m', r')
+        if ut is not None:
+            ct, vt = _kung_candidates(ut, rt, reflect)  # (C, r')
+            gap = (ct[:, :, None] - cand[:, None, :]).abs().amin(-1)  # (C, r') to the nearest main
+            vt = vt & (gap > 1e-6)  # duplicates add nothing but a singular Gram matrix
+            cand, valid = torch.cat([cand, ct], 1), torch.cat([valid, vt], 1)  # (C, r + r')
     poles = _select_modes(hw, cand, valid, order, w)  # (C, order)
     return torch.log(poles)
 
@@ -502,15 +637,18 @@ def _era_poles(h: Tensor, order: int, seed: int, rank: int | None = None, reflec
 # ----------------------------------------------------------------------------- refinement
 
 
-def _vp_state(h: Tensor, s: Tensor, length: int, h2: Tensor) -> dict[str, Tensor]:
+def _vp_state(hb: Tensor, s: Tensor, length: int, h2: Tensor) -> dict[str, Tensor]:
     """Variable-projection quantities at log-poles s over t < length.
 
-    Returns a dict with x (C, 2N) residue coefficients [Re R; Im R], f (C,) squared residual,
-    jtj (C, 2N, 2N) Kaufman Gauss-Newton matrix, grad (C, 2N) = j^T r (descent direction
-    for the [Re s; Im s] parameters).
+    Args:
+        hb: (C, 2A, T) from _blocks(h, length, with_t=True); h2: (C,) sum_t h[t]^2.
+    Returns:
+        a dict with x (C, 2N) residue coefficients [Re R; Im R], f (C,) squared residual,
+        jtj (C, 2N, 2N) Kaufman Gauss-Newton matrix, grad (C, 2N) = j^T r (descent direction
+        for the [Re s; Im s] parameters).
     """
     n = s.shape[1]
-    z, d = _moments(h, s, length, with_t=True)  # (C, N), (C, N)
+    z, d = _moments(hb, s, length, with_t=True)  # (C, N), (C, N)
     assert d is not None
     tp, tq = _pair_tables(s, length, 2)  # 3 x (C, N, N)
     ones = torch.ones_like(s)  # (C, N)
@@ -537,8 +675,21 @@ def _clamp_log(s: Tensor) -> Tensor:
     return torch.complex(s.real.clamp(_S_RE_MIN, _S_RE_MAX), _wrap_imag(s).imag)
 
 
-def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
+def _refine(h: Tensor, s: Tensor, length: int, iters: int, compact: bool = True) -> Tensor:
     """Variable-projection Levenberg-Marquardt on log-poles, batched over channels.
+
+    A channel stops for good when it is frozen (error below _FROZEN_REL), stalled (squared
+    error down by less than _STALL_RTOL over _STALL_ITERS iterations) or over-damped: an
+    inactive channel's state never changes again, so it cannot become active. With compact,
+    stopped channels leave the batch (their log-poles are written out) and every iteration
+    computes only the channels still moving; without, all channels are carried to the end
+    (the reference the compacted loop is tested against).
+
+    The batch always holds a multiple of _LANES rows (zero-kernel filler rows, or stopped
+    channels kept a little longer): torch's elementwise kernels then run their vector loop over
+    whole tensors, never the scalar remainder loop (whose transcendental functions round
+    differently), so a channel's iterates do not depend on which or how many channels share
+    its batch, and compaction changes no result.
 
     Args:
         h: (C, >= L) float64; s: (C, N) complex128 initial log-poles.
@@ -546,57 +697,79 @@ def _refine(h: Tensor, s: Tensor, length: int, iters: int) -> Tensor:
         (C, N) refined log-poles (never worse than s on the window, up to the normal-equation
         resolution).
     """
-    if iters <= 0:
+    if iters <= 0 or s.shape[0] == 0:
         return s
     c, n = s.shape
-    h2 = (h[:, :length] ** 2).sum(-1)  # (C,)
-    frozen_at = (_FROZEN_REL**2) * h2  # (C,)
-    st = _vp_state(h, s, length, h2)
-    mu = torch.full((c,), 1e-3, dtype=torch.float64, device=s.device)  # (C,)
-    f_hist = [st["f"]]  # objective per iteration, for the stall test
+    out = s.clone()  # (C, N)
+    pad = (-c) % _LANES
+    rows = torch.cat([torch.arange(c, device=s.device),
+                      torch.full((pad,), -1, device=s.device)])  # (C',) chunk row, -1 = filler
+    hb = _blocks(torch.cat([h[:, :length], h.new_zeros(pad, length)]), length, with_t=True)  # (C', 2A, T)
+    s = torch.cat([s, s[:1].expand(pad, n)])  # (C', N)
+    h2 = torch.cat([(h[:, :length] ** 2).sum(-1), h.new_zeros(pad)])  # (C',)
+    frozen_at = (_FROZEN_REL**2) * h2  # (C',)
+    st = _vp_state(hb, s, length, h2)
+    mu = torch.full((len(rows),), 1e-3, dtype=torch.float64, device=s.device)  # (C',)
+    hist = torch.empty(len(rows), iters + 1, dtype=torch.float64, device=s.device)  # (C', I + 1)
+    hist[:, 0] = st["f"]  # objective per iteration, for the stall test
     for it in range(iters):
-        stalled = torch.zeros(c, dtype=torch.bool, device=s.device)  # (C,)
+        stalled = torch.zeros(len(rows), dtype=torch.bool, device=s.device)  # (C',)
         if it >= _STALL_ITERS:
-            old = f_hist[-1 - _STALL_ITERS]  # (C,)
-            stalled = st["f"] > (1.0 - _STALL_RTOL) * old
-        active = (st["f"] > frozen_at) & (mu < 1e12) & ~stalled  # (C,)
+            stalled = st["f"] > (1.0 - _STALL_RTOL) * hist[:, it - _STALL_ITERS]
+        active = (st["f"] > frozen_at) & (mu < 1e12) & ~stalled  # (C',)
         if not bool(active.any()):
             break
-        jtj = st["jtj"]  # (C, 2N, 2N)
-        dg = torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(0.0)  # (C, 2N)
-        dg = dg + 1e-9 * dg.mean(-1, keepdim=True) + 1e-300  # (C, 2N)
-        lhs = jtj + mu[:, None, None] * torch.diag_embed(dg)  # (C, 2N, 2N)
-        step = _solve(lhs, st["grad"][..., None])[..., 0]  # (C, 2N)
+        moving = int(active.sum())
+        size = -(-moving // _LANES) * _LANES  # rows kept: the moving ones, filled up to _LANES
+        if compact and size < len(rows):
+            stopped = (~active).nonzero()[:, 0]  # (S,)
+            keep = torch.sort(torch.cat([active.nonzero()[:, 0], stopped[: size - moving]])).values
+            gone = stopped[size - moving :]  # (G,) leave the batch
+            real = gone[rows[gone] >= 0]
+            out[rows[real]] = s[real]
+            rows, s, mu, hb, h2, frozen_at, hist, active = (
+                x[keep] for x in (rows, s, mu, hb, h2, frozen_at, hist, active))
+            st = {key: val[keep] for key, val in st.items()}
+        jtj = st["jtj"]  # (C', 2N, 2N)
+        dg = torch.diagonal(jtj, dim1=-2, dim2=-1).clamp_min(0.0)  # (C', 2N)
+        dg = dg + 1e-9 * dg.mean(-1, keepdim=True) + 1e-300  # (C', 2N)
+        lhs = jtj + mu[:, None, None] * torch.diag_embed(dg)  # (C', 2N, 2N)
+        step = _solve(lhs, st["grad"][..., None])[..., 0]  # (C', 2N)
         # Poles on the radius cap whose step points outward would be clamped back, wasting the
         # step: hold their radius fixed and re-solve for the rest (projected LM, active set).
-        held = (s.real >= _S_RE_MAX - 1e-12) & (step[:, :n] > 0)  # (C, N)
+        held = (s.real >= _S_RE_MAX - 1e-12) & (step[:, :n] > 0)  # (C', N)
         if bool(held.any()):
-            fix = torch.cat([held, torch.zeros_like(held)], dim=1)  # (C, 2N)
-            keep = (~fix).to(lhs.dtype)  # (C, 2N)
-            lhs = lhs * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(fix.to(lhs.dtype))
-            step = _solve(lhs, (st["grad"] * keep)[..., None])[..., 0]  # (C, 2N)
+            fix = torch.cat([held, torch.zeros_like(held)], dim=1)  # (C', 2N)
+            keep_col = (~fix).to(lhs.dtype)  # (C', 2N)
+            lhs = (lhs * keep_col[:, :, None] * keep_col[:, None, :]
+                   + torch.diag_embed(fix.to(lhs.dtype)))
+            step = _solve(lhs, (st["grad"] * keep_col)[..., None])[..., 0]  # (C', 2N)
         step = torch.nan_to_num(step).clamp(-1.0, 1.0)  # trust cap on log-pole moves
-        s_try = _clamp_log(s + torch.complex(step[:, :n], step[:, n:]))  # (C, N)
+        s_try = _clamp_log(s + torch.complex(step[:, :n], step[:, n:]))  # (C', N)
         s_try = torch.where(active[:, None], s_try, s)
-        st_try = _vp_state(h, s_try, length, h2)
-        better = active & torch.isfinite(st_try["f"]) & (st_try["f"] < st["f"])  # (C,)
+        st_try = _vp_state(hb, s_try, length, h2)
+        better = active & torch.isfinite(st_try["f"]) & (st_try["f"] < st["f"])  # (C',)
         s = torch.where(better[:, None], s_try, s)
         for key in st:
             sel = better.view(-1, *([1] * (st[key].ndim - 1)))
             st[key] = torch.where(sel, st_try[key], st[key])
         mu = torch.where(better, mu / _MU_DOWN, torch.where(active, mu * 4.0, mu))
-        f_hist.append(st["f"])
-    return s
+        hist[:, it + 1] = st["f"]
+    real = rows >= 0
+    out[rows[real]] = s[real]
+    return out
 
 
-# ----------------------------------------------------------------------------- public API
+# ----------------------------------------------------------------------------- one chunk
 
 
 def _channel_chunk(c: int, order: int) -> int:
-    """Channels per chunk: within _CHANNEL_BUDGET, and balanced (no small remainder chunk,
-    which would cost a full set of iterations for a few channels)."""
+    """Channels per chunk: at most _CHUNK_CHANNELS and within _CHANNEL_BUDGET, balanced (no
+    small remainder chunk, which would cost a full set of iterations for a few channels).
+    It depends on C and N only, never on the worker count: the chunks are the same however
+    they are distributed, and so are the results (the restart test is per chunk)."""
     per = 8 * (4 * order) ** 2 + 64 * order  # words of work arrays per channel
-    most = int(max(1, min(c, _CHANNEL_BUDGET // per)))
+    most = int(max(1, min(c, _CHUNK_CHANNELS, _CHANNEL_BUDGET // per)))
     chunks = -(-c // most)
     return -(-c // chunks)
 
@@ -612,49 +785,65 @@ def _source_start(h: Tensor, source: Tensor, order: int, length: int) -> Tensor:
 def _fit_chunk(
     h: Tensor, order: int, seed: int, refine_iters: int, float32: bool,
     source: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N).
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N) and
+    the direct error ||h - h_hat|| (C,) of exactly those parameters.
     ``source`` (C, M): poles of an exact modal realization of h, one more start."""
     length = h.shape[-1]
     w = min(length, _REFINE_WINDOW)
-    s0 = _era_poles(h, order, seed)  # (C, N)
-    poles, res, err = _finish(h, _refine(h, s0, w, refine_iters), float32)
+    ranks = [2 * order] + [a * order + b for (a, b), _, _ in (_RESTARTS if refine_iters > 0 else ())]
+    # One Hankel SVD for every ERA start (the restarts' ranks are leading columns of it).
+    basis = _era_basis(h[:, : min(length, _ERA_WINDOW)], order, max(ranks), seed)  # (C, m, r)
+    s0 = _era_poles(h, order, seed, basis=basis)  # (C, N)
+    best = _finish(h, _refine(h, s0, w, refine_iters), float32)
     if refine_iters > 0:
         # The refinement is guided by normal equations, which can mislead it on ill-conditioned
         # pole sets: the ERA start itself is a candidate too, scored directly.
-        poles, res, err = _keep_better((poles, res, err), _finish(h, s0, float32))
+        best = _keep_better(best, _finish(h, s0, float32))
     if source is not None:
         # An SSM source's own modes: exact when M <= N (clustered poles that ERA resolves
         # poorly), a modal-truncation start otherwise.
         s1 = _source_start(h, source, order, w)  # (C, N)
-        poles, res, err = _keep_better((poles, res, err),
-                                       _finish(h, _refine(h, s1, w, refine_iters), float32))
-    # Channels far worse than the layer's median restart from other ERA starts (_RESTARTS):
+        best = _keep_better(best, _finish(h, _refine(h, s1, w, refine_iters), float32))
+    poles, res, err = best
+    # Channels far worse than the chunk's median restart from other ERA starts (_RESTARTS):
     # second-half candidates, reflected instead of clamped poles, realizations of other ranks;
     # each restart is kept where it scores better, and only channels still far off go on.
     for (a, b), reflect, tail in _RESTARTS if refine_iters > 0 else ():
-        bad = (err > _RESTART_FACTOR * err.quantile(0.5)) & (err > _FROZEN_REL)  # (C,)
+        rel = _relative(err, h)  # (C,)
+        bad = (rel > _RESTART_FACTOR * rel.quantile(0.5)) & (rel > _FROZEN_REL)  # (C,)
         if not bool(bad.any()):
             break
         idx = bad.nonzero()[:, 0]  # (Cb,)
         hb = h[idx]  # (Cb, L)
-        sb = _refine(hb, _era_poles(hb, order, seed, a * order + b, reflect, tail), w,
-                     refine_iters)
-        merged = _keep_better((poles[idx], res[idx], err[idx]), _finish(hb, sb, float32))
+        sb0 = _era_poles(hb, order, seed, a * order + b, reflect, tail,
+                         basis=None if basis is None else basis[idx])  # (Cb, N)
+        merged = _keep_better((poles[idx], res[idx], err[idx]),
+                              _finish(hb, _refine(hb, sb0, w, refine_iters), float32))
         poles[idx], res[idx], err[idx] = merged
-    return poles, res
+    return poles, res, err
 
 
 def _finish(h: Tensor, s: Tensor, float32: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Stable poles, their residues and the direct error; with float32, the parameters are
-    rounded to complex64 (poles before the residue solve) and scored as rounded."""
+    """Stable poles, their residues and the direct error ||h - h_hat||; with float32, the
+    parameters are rounded to complex64 (poles before the residue solve) and scored as
+    rounded. float32 residues come from the Gram-matrix solve; channels it leaves below
+    _GRAM_REL_MIN relative error (where its squared conditioning could show) are solved again
+    by the SVD of the basis, and the better of the two is kept."""
     poles = _stabilize(torch.exp(s))  # (C, N)
-    if float32:
-        poles = poles.to(torch.complex64).to(torch.complex128)  # (C, N)
-    res = _final_residues(h, poles, _F32_LAMBDA if float32 else _F64_LAMBDA)  # (C, N)
-    if float32:
-        res = res.to(torch.complex64).to(torch.complex128)
-    return poles, res, _rel_l2_streamed(h, poles, res)
+    if not float32:
+        res = _final_residues(h, poles, _F64_LAMBDA, gram=False)  # (C, N)
+        return poles, res, _abs_error(h, poles, res)
+    poles = poles.to(torch.complex64).to(torch.complex128)  # (C, N)
+    res = _final_residues(h, poles, _F32_LAMBDA, gram=True).to(torch.complex64).to(torch.complex128)
+    err = _abs_error(h, poles, res)  # (C,)
+    fine = (_relative(err, h) < _GRAM_REL_MIN).nonzero()[:, 0]  # (Cf,)
+    if fine.numel() and h.shape[1] * 2 * poles.shape[1] <= _LSTSQ_BUDGET:
+        hf, pf = h[fine], poles[fine]  # (Cf, L), (Cf, N)
+        rf = _final_residues(hf, pf, _F32_LAMBDA, gram=False).to(torch.complex64).to(torch.complex128)
+        _, res[fine], err[fine] = _keep_better((pf, res[fine], err[fine]),
+                                               (pf, rf, _abs_error(hf, pf, rf)))
+    return poles, res, err
 
 
 def _keep_better(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor]
@@ -665,15 +854,37 @@ def _keep_better(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tens
             torch.where(take, b[2], a[2]))
 
 
-def _final_residues(h: Tensor, poles: Tensor, lam: float) -> Tensor:
+def _tikhonov_solve(g: Tensor, b: Tensor, lam: float) -> Tensor:
+    """argmin ||h - A x||^2 + lam^2 ||S x||^2 from G = A^T A (C, K, K) and b = A^T h (C, K),
+    S = diag(column norms): unit-diagonal scaling, then the eigen-decomposition G_s = V M V^T
+    gives x_s = V (M + lam^2)^-1 V^T b_s, the SVD filter factors s / (s^2 + lam^2) with
+    s^2 = M. Columns of norm <= 1e-12 of the largest get 0 (-Im p^t = 0 for real p).
+    G's rounding (~sqrt(L) unit roundoffs on the unit diagonal) is comparable to lam^2 for
+    lam = _F32_LAMBDA and moves only the filter of directions that carry almost no output
+    (docs/math.md); far above lam^2 for _F64_LAMBDA, whose parameters use the SVD of A."""
+    norm = torch.sqrt(torch.diagonal(g, dim1=-2, dim2=-1).clamp_min(0.0))  # (C, K)
+    live = norm > 1e-12 * norm.amax(-1, keepdim=True)  # (C, K)
+    inv = torch.where(live, 1.0 / torch.where(live, norm, 1.0), 0.0)  # (C, K)
+    gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K) unit diagonal on live columns
+    mu, v = torch.linalg.eigh(0.5 * (gs + gs.transpose(-1, -2)))  # (C, K), (C, K, K)
+    coef = (v.transpose(-1, -2) @ (b * inv)[..., None])[..., 0]  # (C, K)
+    coef = coef / (mu.clamp_min(0.0) + lam * lam)  # (C, K) Tikhonov filter
+    return (v @ coef[..., None])[..., 0] * inv  # (C, K)
+
+
+def _final_residues(h: Tensor, poles: Tensor, lam: float, gram: bool) -> Tensor:
     """Residues for fixed poles over all of L that stay accurate after rounding.
 
     Minimizes ||h - A x||^2 + lam^2 ||S x||^2 over the explicit real basis A = [Re p^t, -Im p^t]
     (L, 2N), S = diag(column norms). Rounding each stored coefficient to relative precision u
     adds an output error of about u ||S x|| (columns unit-normalized), so lam = u trades fit
     error against rounding error instead of letting near-collinear poles take huge cancelling
-    residues. Solved by SVD filter factors s / (s^2 + lam^2) (conditioning cond(A), not
-    cond(A)^2) when the basis fits in memory; by the closed-form normal equations otherwise.
+    residues. With gram: G = A^T A by one matrix product over the basis (built from the
+    two-level power tables), then `_tikhonov_solve` (for lam = _F32_LAMBDA: its eigenvalue
+    errors ~ the unit roundoff are small against lam^2). Else the SVD filter factors
+    s / (s^2 + lam^2) of A (conditioning cond(A), not cond(A)^2; needed for lam = _F64_LAMBDA,
+    whose lam^2 is far below the unit roundoff). Either when the basis fits in memory; by the
+    closed-form normal equations otherwise.
 
     Args:
         h: (C, L) float64; poles: (C, N) complex128; lam: regularization (relative precision).
@@ -686,23 +897,34 @@ def _final_residues(h: Tensor, poles: Tensor, lam: float) -> Tensor:
     if per_channel > _LSTSQ_BUDGET:
         return _solve_residues(h, torch.log(poles), length)[0]
     out = torch.empty_like(poles)  # (C, N)
-    t = torch.arange(length, dtype=torch.float64, device=h.device)  # (L,)
     step = max(1, _LSTSQ_BUDGET // per_channel)
+    t_len = _block_len(length)
+    a_len = -(-length // t_len)
     for start in range(0, c, step):
         p = poles[start : start + step]  # (Cc, N)
-        v = torch.exp(torch.log(p)[..., None] * t)  # (Cc, N, L)
-        a = torch.cat([v.real, -v.imag], dim=1).transpose(1, 2)  # (Cc, L, 2N)
-        norm = torch.linalg.vector_norm(a, dim=1)  # (Cc, 2N)
-        live = norm > 1e-12 * norm.amax(-1, keepdim=True)  # (Cc, 2N): -Im p^t = 0 for real p
-        scale = torch.where(live, norm, 1.0)  # (Cc, 2N)
-        a = torch.where(live[:, None, :], a / scale[:, None, :], 0.0)  # (Cc, L, 2N)
-        u, sv, vh = torch.linalg.svd(a, full_matrices=False)
-        filt = sv / (sv * sv + lam * lam)  # (Cc, 2N) Tikhonov filter factors
-        coef = (u.transpose(1, 2) @ h[start : start + step, :, None])[..., 0] * filt  # (Cc, 2N)
-        x = (vh.transpose(1, 2) @ coef[..., None])[..., 0] / scale  # (Cc, 2N)
-        x = torch.where(live, x, 0.0)  # (Cc, 2N)
+        hc = h[start : start + step]  # (Cc, L)
+        inner, outer = _pole_tables(torch.log(p), t_len, a_len)  # (Cc, T, N), (Cc, A, N)
+        v = (outer[:, :, None, :] * inner[:, None, :, :]).flatten(1, 2)[:, :length]  # (Cc, L, N)
+        a = torch.cat([v.real, -v.imag], dim=2)  # (Cc, L, 2N)
+        if gram:
+            g = a.transpose(1, 2) @ a  # (Cc, 2N, 2N)
+            rhs = (a.transpose(1, 2) @ hc[:, :, None])[..., 0]  # (Cc, 2N)
+            x = _tikhonov_solve(g, rhs, lam)  # (Cc, 2N)
+        else:
+            norm = torch.linalg.vector_norm(a, dim=1)  # (Cc, 2N)
+            live = norm > 1e-12 * norm.amax(-1, keepdim=True)  # (Cc, 2N)
+            scale = torch.where(live, norm, 1.0)  # (Cc, 2N)
+            a = torch.where(live[:, None, :], a / scale[:, None, :], 0.0)  # (Cc, L, 2N)
+            u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+            filt = sv / (sv * sv + lam * lam)  # (Cc, 2N) Tikhonov filter factors
+            coef = (u.transpose(1, 2) @ hc[:, :, None])[..., 0] * filt  # (Cc, 2N)
+            x = (vh.transpose(1, 2) @ coef[..., None])[..., 0] / scale  # (Cc, 2N)
+            x = torch.where(live, x, 0.0)  # (Cc, 2N)
         out[start : start + step] = torch.complex(x[:, :n], x[:, n:])
     return out
+
+
+# ----------------------------------------------------------------------------- public API
 
 
 def _distinct_rows(h: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -721,12 +943,25 @@ def _distinct_rows(h: Tensor) -> tuple[Tensor, Tensor] | None:
         return None
     first = torch.full((groups,), c, dtype=torch.long, device=h.device)  # (U,)
     first = first.scatter_reduce(0, inverse, torch.arange(c, device=h.device), "amin")
-    step = max(1, _STREAM_BUDGET // max(1, length))
+    step = max(1, _SIGNAL_BUDGET // max(1, length))
     for start in range(0, c, step):
         rep = h[first[inverse[start : start + step]]]  # (Cc, L)
         if not torch.equal(rep, h[start : start + step]):
             return None  # a projection collision between different rows: fit all
     return first.cpu(), inverse.cpu()
+
+
+def _fit_chunk_job(
+    h: np.ndarray, order: int, seed: int, refine_iters: int, float32: bool,
+    source: np.ndarray | None, device: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_fit_chunk` on arrays, for a worker process: (C, L) float64 kernels (and (C, M) source
+    poles) in, poles and residues (C, N) complex128 and the direct error (C,) out."""
+    dev = torch.device(device)
+    hc = torch.from_numpy(h).to(dev)  # (C, L)
+    src = None if source is None else torch.from_numpy(source).to(dev)  # (C, M)
+    poles, res, err = _fit_chunk(hc, order, seed, refine_iters, float32, src)
+    return poles.cpu().numpy(), res.cpu().numpy(), err.cpu().numpy()
 
 
 def fit_modal(
@@ -739,6 +974,7 @@ def fit_modal(
     progress: Callable[[int, int], None] | None = None,
     float32: bool = True,
     source: Tensor | None = None,
+    workers: int | None = None,
 ) -> FitResult:
     """Fit every channel of h with an `order`-mode modal kernel (ERA + variable-projection LM).
 
@@ -760,75 +996,70 @@ def fit_modal(
         source: (C, M) complex poles of an exact modal realization h = Re sum R p^t (an
             SSM-parameterised layer, see ``Materializer.modes``): one more start per channel,
             kept where it scores better.
+        workers: None or 1 = fit here, with the caller's torch threads; 0 = one worker
+            process per core (os.sched_getaffinity); n >= 2 = n worker processes with one
+            torch thread each, CPU only. The channels are cut into the same chunks whatever
+            the count (from C and N alone), so the results do not depend on it: they are bit
+            for bit those of workers=1 run with one torch thread.
     Returns:
         FitResult with poles/residues (C, N) complex128, rel_l2 (C,) of exactly these
         parameters (computed directly in float64), method "era+vp-lm".
     Raises:
-        LcdError: bad kernel tensor or order out of range.
+        LcdError: bad kernel tensor, order out of range, bad worker count, or workers > 1 on a
+            non-CPU device.
     """
     h = _check_kernel(h)
     c, length = h.shape
     _check_order(order, length)
     if source is not None and (source.ndim != 2 or source.shape[0] != c):
         raise LcdError(f"source poles must be ({c}, M), got {tuple(source.shape)}")
+    count = resolve_workers(workers)
+    dev = torch.device(device) if device is not None else h.device
+    if count > 1 and dev.type != "cpu":
+        raise LcdError(f"worker processes fit on the CPU, not on {dev}", key="workers",
+                       hint="use workers=1 with a GPU device")
     rows = _distinct_rows(h)
     if rows is not None:
         first, inverse = rows
         sub = fit_modal(h[first], order, device=device, seed=seed, refine_iters=refine_iters,
                         progress=progress, float32=float32,
-                        source=None if source is None else source[first])
+                        source=None if source is None else source[first], workers=workers)
         return FitResult(poles=sub.poles[inverse], residues=sub.residues[inverse],
                          rel_l2=sub.rel_l2[inverse], method=sub.method, order=order)
-    dev = torch.device(device) if device is not None else h.device
-    h = h.to(dev)
-    src = None if source is None else source.to(dev, torch.complex128)  # (C, M)
-    poles = torch.empty(c, order, dtype=torch.complex128)  # (C, N)
-    residues = torch.empty_like(poles)  # (C, N)
-    err = torch.empty(c, dtype=torch.float64)  # (C,)
-    step = _channel_chunk(c, order)
-    for start in range(0, c, step):
-        hc = h[start : start + step]  # (Cc, L)
-        sc = None if src is None else src[start : start + step]  # (Cc, M)
-        p, r = _fit_chunk(hc, order, seed, refine_iters, float32, sc)  # (Cc, N)
-        poles[start : start + step] = p.cpu()
-        residues[start : start + step] = r.cpu()
+    step = _channel_chunk(c, order) if c else 1
+    bounds = [(start, min(start + step, c)) for start in range(0, c, step)]
+    if count > 1:
+        h_cpu = h.cpu()
+        src_cpu = None if source is None else source.to("cpu", torch.complex128)  # (C, M)
+        jobs = [(h_cpu[a:b].numpy(), order, seed, refine_iters, float32,
+                 None if src_cpu is None else src_cpu[a:b].numpy(), "cpu") for a, b in bounds]
+        fn: Callable[..., tuple] = _fit_chunk_job
+    else:
+        h_dev = h.to(dev)
+        src_dev = None if source is None else source.to(dev, torch.complex128)  # (C, M)
+        jobs = [(h_dev[a:b], order, seed, refine_iters, float32,
+                 None if src_dev is None else src_dev[a:b]) for a, b in bounds]
+        fn = _fit_chunk
+    done = [0]
+
+    def report(i: int) -> None:
+        done[0] += bounds[i][1] - bounds[i][0]
         if progress is not None:
-            progress(min(start + step, c), c)
-    err = _rel_l2_streamed(h, poles.to(dev), residues.to(dev)).cpu()
-    return FitResult(poles=poles, residues=residues, rel_l2=err, method="era+vp-lm", order=order)
+            progress(done[0], c)
+
+    results = run_jobs(fn, jobs, count, report)
+    as_t = (lambda x: torch.as_tensor(x).cpu()) if count > 1 else (lambda x: x.cpu())
+    poles = torch.cat([as_t(r[0]) for r in results]) if results else torch.empty(0, order,
+                                                                                 dtype=torch.complex128)
+    residues = torch.cat([as_t(r[1]) for r in results]) if results else torch.empty_like(poles)
+    err = torch.cat([as_t(r[2]) for r in results]) if results else torch.empty(0, dtype=torch.float64)
+    rel = _relative(err, h.cpu())  # (C,) relative to the layer's largest channel norm
+    return FitResult(poles=poles, residues=residues, rel_l2=rel, method="era+vp-lm", order=order)
 
 
-def _rel_l2_streamed(h: Tensor, poles: Tensor, residues: Tensor) -> Tensor:
-    """rel_l2_error(h, modal kernel), streamed over channel and time chunks (bounded memory).
-
-    Args:
-        h: (C, L) float64; poles, residues: (C, N) complex128.
-    Returns:
-        (C,) float64.
-    """
-    c, length = h.shape
-    norm = torch.linalg.vector_norm(h, dim=-1)  # (C,)
-    tiny = 1e-12 * norm.max() if c else norm.new_tensor(0.0)
-    den = torch.maximum(norm, tiny)  # (C,)
-    err2 = torch.zeros(c, dtype=torch.float64, device=h.device)  # (C,)
-    n = max(1, poles.shape[1])
-    step = max(1, min(c, 256))
-    for start in range(0, c, step):
-        s = torch.log(poles[start : start + step])  # (Cc, N)
-        r = residues[start : start + step]  # (Cc, N)
-        chunk = _time_chunk(s.shape[0], n, length)
-        powers = _powers(s, chunk)  # (Cc, N, T)
-        for t0 in range(0, length, chunk):
-            width = min(chunk, length - t0)
-            coef = (r * torch.exp(s * t0))[:, None, :]  # (Cc, 1, N)
-            hh = (coef @ powers[:, :, :width])[:, 0].real  # (Cc, T')
-            diff = h[start : start + step, t0 : t0 + width] - hh  # (Cc, T')
-            err2[start : start + step] += (diff * diff).sum(-1)
-    err = torch.sqrt(err2)  # (C,)
-    return torch.where(den > 0, err / torch.where(den > 0, den, 1.0), err)
-
-
-def fit_modal_to_tolerance(h: Tensor, tol: float, max_order: int, **kw: object) -> FitResult:
+def fit_modal_to_tolerance(
+    h: Tensor, tol: float, max_order: int, *, workers: int | None = None, **kw: object
+) -> FitResult:
     """Smallest order whose worst channel meets rel_l2 <= tol, by bisection on the order.
 
     Fits max_order first; if even that misses tol, that fit is returned (check rel_l2). Else
@@ -837,17 +1068,18 @@ def fit_modal_to_tolerance(h: Tensor, tol: float, max_order: int, **kw: object) 
 
     Args:
         h: (C, L) kernels; tol: relative l2 tolerance on the max over channels;
-        max_order: largest order tried; kw: passed to fit_modal.
+        max_order: largest order tried; workers: as in fit_modal (the worker processes are
+        started once and kept for every order tried); kw: passed to fit_modal.
     """
     h = _check_kernel(h)
     _check_order(max_order, h.shape[-1])
-    best = fit_modal(h, max_order, **kw)  # type: ignore[arg-type]
+    best = fit_modal(h, max_order, workers=workers, **kw)  # type: ignore[arg-type]
     if float(best.rel_l2.max()) > tol:
         return best
     lo, hi = 0, max_order
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        res = fit_modal(h, mid, **kw)  # type: ignore[arg-type]
+        res = fit_modal(h, mid, workers=workers, **kw)  # type: ignore[arg-type]
         if float(res.rel_l2.max()) <= tol:
             hi, best = mid, res
         else:

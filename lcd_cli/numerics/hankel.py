@@ -123,9 +123,9 @@ def fft_size(n: int) -> int:
 def _hankel_apply(hf: Tensor, xt: Tensor, rows: int, cols: int, nfft: int) -> Tensor:
     """(H X)^T for the rows x cols Hankel matrix of h (rows + cols = L + 1), via FFT.
 
-    y[i] = sum_j h[i + j] x[j] = (h * flip(x))[i + cols - 1]; a circular convolution of size
-    nfft >= L has no wrap-around on the indices cols - 1 .. L - 1 that are kept. Vectors are
-    stored as rows (FFT along the last axis).
+    y[i] = sum_j h[i + j] x[j] is a cross-correlation: irfft(rfft(h) conj(rfft(x)))[i] at a
+    size nfft >= L has no wrap-around for i < rows (i + j <= L - 1). Vectors are stored as
+    rows (FFT along the last axis).
 
     Args:
         hf: (C, F) rfft of h at size nfft.
@@ -138,10 +138,14 @@ def _hankel_apply(hf: Tensor, xt: Tensor, rows: int, cols: int, nfft: int) -> Te
     out = torch.empty(c, q, rows, dtype=xt.dtype, device=xt.device)  # (C, q, rows)
     block = max(1, _BUDGET // max(1, c * hf.shape[-1]))
     for start in range(0, q, block):
-        xb = torch.flip(xt[:, start : start + block], dims=(-1,))  # (C|1, qb, cols)
-        xf = torch.fft.rfft(xb, n=nfft, dim=-1)  # (C|1, qb, F)
-        yb = torch.fft.irfft(hf[:, None, :] * xf, n=nfft, dim=-1)  # (C, qb, nfft)
-        out[:, start : start + block] = yb[..., cols - 1 : cols - 1 + rows]
+        xf = torch.fft.rfft(xt[:, start : start + block], n=nfft, dim=-1)  # (C|1, qb, F)
+        if xf.shape[0] == c:
+            xf.imag.neg_()  # conj, in place
+            prod = xf.mul_(hf[:, None, :])  # (C, qb, F)
+        else:
+            prod = hf[:, None, :] * xf.conj()  # (C, qb, F)
+        yb = torch.fft.irfft(prod, n=nfft, dim=-1)  # (C, qb, nfft)
+        out[:, start : start + block] = yb[..., :rows]
     return out
 
 
@@ -150,12 +154,19 @@ def _orth_rows(yt: Tensor) -> Tensor:
     return torch.linalg.qr(yt.transpose(-1, -2)).Q.transpose(-1, -2)
 
 
+def sketch_width(k: int, sketch: int | None = None) -> int:
+    """Range-finder width of the randomized SVD for k vectors: the given q (at least k), else
+    k plus the default oversampling max(_OVERSAMPLE, k // _OVERSAMPLE_DIV)."""
+    return max(k, sketch) if sketch is not None else k + max(_OVERSAMPLE, k // _OVERSAMPLE_DIV)
+
+
 def _randomized_svd(
     h: Tensor,
     k: int,
     seed: int,
     rows: int | None = None,
     power_iters: int = _POWER_ITERS,
+    sketch: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Leading k left singular vectors and values of H(h), never forming H.
 
@@ -165,12 +176,13 @@ def _randomized_svd(
 
     Args:
         h: (C, L) float64.
+        sketch: range-finder width q >= k (default k + max(_OVERSAMPLE, k // _OVERSAMPLE_DIV)).
     Returns:
         U (C, m, k), sigma (C, k).
     """
     length = h.shape[-1]
     m, n = hankel_shape(length, rows)
-    q = min(k + max(_OVERSAMPLE, k // _OVERSAMPLE_DIV), m, n)
+    q = min(sketch_width(k, sketch), m, n)
     nfft = fft_size(length)
     hf = torch.fft.rfft(h, n=nfft, dim=-1)  # (C, F)
     gen = torch.Generator().manual_seed(seed)
@@ -206,6 +218,7 @@ def hankel_svd(
     want_vectors: bool = True,
     rows: int | None = None,
     power_iters: int = _POWER_ITERS,
+    sketch: int | None = None,
 ) -> tuple[Tensor | None, Tensor, bool, Tensor | None]:
     """Leading k singular triplets of the Hankel matrices of a batch of kernels.
 
@@ -216,6 +229,9 @@ def hankel_svd(
         h: (C, L) real.
         k: number of singular values (clamped to min(m, n); sigma is zero-padded to k).
         rows: Hankel rows m (default ceil(L/2)).
+        sketch: randomized SVD only: range-finder width (>= k; default k + oversampling). A
+            caller that needs the leading k1 < k vectors exactly as a rank-k1 call would give
+            them passes that call's width and asks for k.
     Returns:
         U (C, m, k') or None, sigma (C, k), exact, all_sigma (C, min(m, n)) (exact only, else
         None); k' = min(k, m, n).
@@ -231,7 +247,7 @@ def hankel_svd(
     if exact:
         step = max(1, _BUDGET // (m * n))
     else:
-        q = min(kk + max(_OVERSAMPLE, kk // _OVERSAMPLE_DIV), m, n)
+        q = min(sketch_width(kk, sketch), m, n)
         step = max(1, _BUDGET // ((fft_size(length) // 2 + 1) * 2 * q + n * q))
     for start in range(0, c, step):
         hc = h[start : start + step]  # (Cc, L)
@@ -242,7 +258,7 @@ def hankel_svd(
                 us.append(u[..., :kk])
             sig.append(s[..., :kk])
         else:
-            u, s = _randomized_svd(hc, kk, seed, rows, power_iters)  # (Cc, m, kk), (Cc, kk)
+            u, s = _randomized_svd(hc, kk, seed, rows, power_iters, sketch)  # (Cc, m, kk), (Cc, kk)
             if want_vectors:
                 us.append(u)
             sig.append(s)
@@ -408,4 +424,5 @@ __all__ = [
     "hankel_singular_values",
     "hankel_svd",
     "order_for_tolerance",
+    "sketch_width",
 ]

@@ -1,0 +1,73 @@
+"""Channel-parallel fitting: worker processes give bit-identical results to in-process fitting,
+whatever their number, and bad worker counts are explained."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lcd_cli.errors import LcdError
+from lcd_cli.numerics.fit import fit_modal, fit_modal_to_tolerance
+from lcd_cli.numerics.parallel import cpu_count, resolve_workers
+
+
+def _kernels(channels: int, length: int, seed: int) -> torch.Tensor:
+    """Damped cosines of random radius and frequency plus 1e-3 noise: (C, L) float64."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(length, dtype=torch.float64)
+    radius = 0.9 + 0.09 * torch.rand(channels, 6, 1, generator=gen, dtype=torch.float64)
+    freq = math.pi * torch.rand(channels, 6, 1, generator=gen, dtype=torch.float64)
+    h = (radius**t * torch.cos(freq * t)).sum(1)  # (C, L)
+    return h + 1e-3 * torch.randn(channels, length, generator=gen, dtype=torch.float64)
+
+
+@pytest.fixture
+def one_thread() -> object:
+    """Workers run one torch thread each; the in-process reference does too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_workers_bit_identical_to_one(monkeypatch: pytest.MonkeyPatch, one_thread: object) -> None:
+    import lcd_cli.numerics.fit as fit_mod
+
+    # 7 channels in chunks of at most 2 (balanced: 2, 2, 2, 1): four jobs for two workers.
+    monkeypatch.setattr(fit_mod, "_CHUNK_CHANNELS", 2)
+    h = _kernels(7, 150, seed=1)
+    here = fit_modal(h, 3)
+    calls: list[tuple[int, int]] = []
+    two = fit_modal(h, 3, workers=2, progress=lambda done, total: calls.append((done, total)))
+    assert torch.equal(two.poles, here.poles)
+    assert torch.equal(two.residues, here.residues)
+    assert torch.equal(two.rel_l2, here.rel_l2)
+    assert [total for _, total in calls] == [7] * 4
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert calls[-1] == (7, 7)
+    # The bisection of --tol reuses the same kept workers.
+    tol_here = fit_modal_to_tolerance(h, 0.05, 4)
+    tol_two = fit_modal_to_tolerance(h, 0.05, 4, workers=2)
+    assert tol_two.order == tol_here.order
+    assert torch.equal(tol_two.poles, tol_here.poles)
+
+
+def test_worker_counts() -> None:
+    assert resolve_workers(None) == 1
+    assert resolve_workers(1) == 1
+    assert resolve_workers(3) == 3
+    assert resolve_workers(0) == cpu_count() >= 1
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"], ids=["negative", "float", "bool", "str"])
+def test_bad_worker_count_is_explained(bad: object) -> None:
+    with pytest.raises(LcdError, match="workers must be a non-negative integer") as info:
+        fit_modal(_kernels(2, 40, seed=2), 2, workers=bad)  # type: ignore[arg-type]
+    assert info.value.key == "workers" and info.value.hint
+
+
+def test_workers_need_the_cpu() -> None:
+    with pytest.raises(LcdError, match="worker processes fit on the CPU"):
+        fit_modal(_kernels(2, 40, seed=3), 2, workers=2, device="cuda")
