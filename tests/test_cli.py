@@ -205,7 +205,7 @@ def test_dry_run_reads_headers_only(write_ckpt) -> None:
         (["inspect", "{src}", "--family", "nope"], 2, "unknown family 'nope'"),
         (["inspect", "{src}", "--config", "{missing}"], 2, "cannot read the config"),
         (["distill", "{src}"], 2, "exactly one of --order"),
-        (["distill", "{src}", "--order", "0"], 2, "out of range"),
+        (["distill", "{src}", "--order", "0"], 2, "--order 0 must be at least 1"),
         (["distill", "{src}", "--tol", "2"], 2, "out of range"),
         (["verify", "{src}", "--reference", "{src}"], 2, "not written by `lcd distill`"),
         (["distill", "{src}", "--order", "4", "--device", "tpu"], 2, "unknown device"),
