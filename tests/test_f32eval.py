@@ -54,3 +54,20 @@ def test_float64_scoring_hides_a_fragile_fit_that_f32_evaluation_catches(length:
     assert f32[0] >= 1e-5  # the engine's kernel is visibly off
     assert f32[1] <= 1e-6  # benign modes: float32 rounding only
     assert f32[0] >= 100 * f32[1]
+
+
+def test_report_rows_carry_the_complex64_score(write_ckpt, tmp_path) -> None:
+    """Each causal layer of the report holds rel_l2_f32eval (median, max, window) beside the
+    float64 rel_l2; at the source's own order both sit at the float32 storage floor."""
+    import yaml
+
+    from tests.conftest import lcd
+
+    src = write_ckpt("stripedhyena")
+    rep = tmp_path / "r.yaml"
+    res = lcd("distill", src, "--order", "4", "-L", "96", "-o", tmp_path / "o.safetensors",
+              "--report", rep)
+    assert res.exit_code == 0, res.output
+    for row in yaml.safe_load(rep.read_text())["layers"]:
+        f32 = row["rel_l2_f32eval"]
+        assert f32["window"] == 96 and 0 <= f32["median"] <= f32["max"] < 1e-4

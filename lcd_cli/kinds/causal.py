@@ -32,10 +32,13 @@ from lcd_cli.layouts.base import LayerResult, Layout
 from lcd_cli.numerics.checks import verify_layer
 from lcd_cli.numerics.compressibility import compressibility
 from lcd_cli.numerics.fit import FitResult, fit_modal, fit_modal_to_tolerance
-from lcd_cli.numerics.metrics import kernel_errors
+from lcd_cli.numerics.metrics import kernel_errors, rel_l2_f32eval
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 
 PART = "ssm"
+# Samples over which the stored parameters are also scored in complex64 (the recurrence path
+# is one step per sample): the whole kernel up to this length, its head beyond.
+F32_EVAL_WINDOW = 16384
 
 
 def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None
@@ -83,6 +86,10 @@ class CausalKind(LayerKind):
         fit = fit_kernel(h, settings, source_modes(ckpt, planned.layer))
         poles, residues = to_pairs(fit.poles), to_pairs(fit.residues)  # (C, N, 2) float32
         stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order)
+        window = min(h.shape[1], F32_EVAL_WINDOW)
+        f32 = rel_l2_f32eval(h[:, :window], poles, residues)  # (C,) as complex64 engines see it
+        stats["rel_l2_f32eval"] = {"median": float(f32.quantile(0.5)), "max": float(f32.max()),
+                                   "window": window}
         stats |= {"name": planned.name, "family": planned.layer.config.name,
                   "channels": planned.channels, "length": planned.length, "order": fit.order,
                   "method": fit.method, "seconds": round(time.perf_counter() - start, 3)}
