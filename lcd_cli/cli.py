@@ -424,6 +424,10 @@ def distill(
         "/ .ssm.residues). See docs/architecture.md.")] = "lcd",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fitter's randomness.")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="CPU worker processes (one torch thread each) sharing each layer's "
+        "channels; the output is bit-identical to one process. Default: fit in-process.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (layers, options and their sources, keys removed and "
@@ -448,7 +452,8 @@ def distill(
         plan = plan_distill(ckpt, order=order, tol=tol, max_order=max_order,
                             family=resolve_family(family), config=config, length=length,
                             output=output, report=report, force=force, layout=layout, device=dev,
-                            seed=seed, argument=checkpoint, sets=sets, model_config=model_config)
+                            seed=seed, argument=checkpoint, sets=sets, model_config=model_config,
+                            workers=workers)
         if dry_run:
             _print_plan(plan.describe(), as_json)
             return

@@ -72,3 +72,17 @@ def test_changed_settings_do_not_reuse_kept_layers(write_ckpt, tmp_path: Path,
         calls.append(p.name), real(self, c, p, s))[1])
     assert lcd("distill", src, "--order", "4", "-o", out).exit_code == 0
     assert len(calls) == 2  # another order: nothing reused
+
+
+def test_workers_flag_writes_the_same_bytes(write_ckpt, tmp_path: Path) -> None:
+    """`lcd distill --workers 2` (channels shared over two processes) writes the tensors an
+    in-process fit writes."""
+    src = write_ckpt("hyenadna")
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert lcd("distill", src, "--order", "3", "-o", one).exit_code == 0
+    res = lcd("distill", src, "--order", "3", "-o", two, "--workers", "2")
+    assert res.exit_code == 0, res.output
+    a, b = tensors(one), tensors(two)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert lcd("distill", src, "--order", "3", "-o", tmp_path / "x.safetensors",
+               "--workers", "0").exit_code == 2

@@ -48,6 +48,7 @@ class FitSettings:
     max_order: int
     device: str | None = None
     seed: int = 0
+    workers: int | None = None  # CPU worker processes per layer's fit (None: in-process)
 
 
 @dataclass

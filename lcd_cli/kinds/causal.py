@@ -46,10 +46,10 @@ def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | No
     """Fit (C, L) kernels at the settings' order, or to its tolerance."""
     if settings.order is not None:
         return fit_modal(h, settings.order, device=settings.device, seed=settings.seed,
-                         source=source)
+                         source=source, workers=settings.workers)
     assert settings.tol is not None
     return fit_modal_to_tolerance(h, settings.tol, settings.max_order, device=settings.device,
-                                  seed=settings.seed, source=source)
+                                  seed=settings.seed, source=source, workers=settings.workers)
 
 
 def skip_term(distilled: Checkpoint, layer: Layer, D_ref: torch.Tensor | None

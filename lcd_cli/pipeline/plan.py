@@ -133,6 +133,7 @@ def plan_distill(
     argument: Path | None = None,
     sets: list[str] | None = None,
     model_config: Path | None = None,
+    workers: int | None = None,
 ) -> DistillPlan:
     """The plan for distilling ``ckpt`` (opened from ``argument``: a file, index or folder)."""
     if (order is None) == (tol is None):
@@ -181,7 +182,9 @@ def plan_distill(
     report = Path(report) if report else report_default
     if folder is not None:
         check_output_folder(output, ckpt.files)
-    settings = FitSettings(order, tol, max_order, device=device, seed=seed)
+    if workers is not None and workers < 1:
+        raise LcdError(f"--workers {workers} must be at least 1", key="workers")
+    settings = FitSettings(order, tol, max_order, device=device, seed=seed, workers=workers)
     configs = {cfg.name: echo_config(cfg) for cfg, _ in found}
     plan = DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
                        chosen_layout, ckpt.sharded, configs, folder)
