@@ -127,6 +127,8 @@ def test_hyenadna_model_type_names_the_shift_and_family_works_without_config(tmp
     _, layers = layers_of(save(tmp_path / "a", t, config_json={"model_type": "hyenadna"}))
     assert layers[0].config.name == "hyenadna-standalone"
     assert layers[0].sources["shift"] == "config.json: model_type hyenadna"
+    _, layers = layers_of(save(tmp_path / "c", t, config_json={"architectures": ["HyenaDNAModel"]}))
+    assert layers[0].config.name == "hyenadna-standalone"  # an HF base-model state dict
     ckpt, layers = layers_of(save(tmp_path / "b", t), family="hyenadna-standalone")
     assert rel(materialize(ckpt, layers[1])[0],
                naive_hyena(t, F1, 203, shift=0.05, modulate=True)) < F64_FLOOR

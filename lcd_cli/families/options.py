@@ -128,11 +128,13 @@ def check_cli_options(configs: list[FamilyConfig], sets: dict[str, Any]) -> None
 
 
 def identifies(config: FamilyConfig, model: ModelConfig | None) -> bool:
-    """Whether the model config names ``config``'s layout (one of its ``identify`` pairs)."""
+    """Whether the model config names ``config``'s layout (one of its ``identify`` pairs; a
+    list in the model config, such as ``architectures``, matches when one element does)."""
     if model is None:
         return False
     for path, values in config.identify:
         raw = model.lookup(path)
-        if raw is not MISSING and any(raw == v and type(raw) is type(v) for v in values):
+        found = raw if isinstance(raw, list) else [raw]  # e.g. HF "architectures": [...]
+        if raw is not MISSING and any(r == v and type(r) is type(v) for r in found for v in values):
             return True
     return False
