@@ -25,8 +25,14 @@ FAMILIES = ("hyenadna", "stripedhyena", "long-conv", "evo2")
 FAMILIES += ("m2", "long-conv-bidir", "tnn", "tnn-bidir")  # non-causal and TNN
 FAMILIES += ("s4d", "s4-diag", "s4-dplr", "h3")  # SSM-parameterised (order reduction)
 FAMILIES += ("stu", "stu-approx")  # Flash-STU (one shared basis for all layers)
-# Examples whose keys fit several configs (TNN: causal and non-causal look alike).
-FAMILY_FLAGS = {"tnn": ["--family", "tnn"], "tnn-bidir": ["--family", "tnn-bidir"]}
+# Examples whose keys fit several configs (TNN: causal and non-causal look alike), and options
+# the checkpoints do not store and upstream variants set differently (docs/families/*.md): the
+# values the examples were built with.
+FAMILY_FLAGS = {"tnn": ["--family", "tnn", "--set", "gamma=0.99"],
+                "tnn-bidir": ["--family", "tnn-bidir", "--set", "gamma=0.99"],
+                "long-conv": ["--set", "squash_lambda=0.001"],
+                "long-conv-bidir": ["--set", "squash_lambda=0.001"],
+                "s4-diag": ["--set", "dt_transform=exp"], "s4-dplr": ["--set", "dt_transform=exp"]}
 
 
 def _lcd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -37,7 +37,8 @@ def _kernels(name: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         path = Path(tmp) / f"{name}.safetensors"
         write_example(make_example(name), path)
         with open_checkpoint(path) as ckpt:
-            for cfg, layers in select_configs(ckpt, family=name):
+            # The examples' learned decay uses lambda 0.99 (upstream defaults differ).
+            for cfg, layers in select_configs(ckpt, family=name, sets={"gamma": 0.99}):
                 mat = MATERIALIZERS[cfg.materializer]
                 for layer in layers:
                     view = LayerView(ckpt, layer)
