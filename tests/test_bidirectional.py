@@ -32,6 +32,8 @@ FAMILY = {"m2": "m2-bert", "long-conv-bidir": "safari-long-conv-bidir"}
 # The safari example kernels carry white noise (2e-4, as the causal long-conv example), which
 # no order-16 fit reproduces: their verify tolerance is looser than the default 1e-2.
 VERIFY_TOL = {"m2": [], "long-conv-bidir": ["--tol", "0.1"]}
+# safari's long conv squash lambda is not stored and its configs differ: the examples use 0.001.
+SETS = {"m2": [], "long-conv-bidir": ["--set", "squash_lambda=0.001"]}
 
 
 
@@ -183,7 +185,7 @@ def naive_hyena(t: dict[str, torch.Tensor], f: str, net: str, length: int, shift
 
 def _layers(path: Path, family: str | None = None) -> tuple[object, list]:
     ckpt = open_checkpoint(path)
-    found = select_configs(ckpt, family)
+    found = select_configs(ckpt, family, sets={"squash_lambda": 0.001})
     return ckpt, [la for _, layers in found for la in layers]
 
 
@@ -275,6 +277,13 @@ def test_m2_missing_reverse_filter(tmp_path: Path) -> None:
 def test_m2_missing_reverse_last_linear(tmp_path: Path) -> None:
     path = _m2_without(tmp_path, "filter_fn.implicit_filter_rev.6.weight")
     result = lcd("distill", path, "--order", "4")
+    assert result.exit_code == 2  # the structure check: the Sin freq after 4 has no linear
+    assert "implicit_filter_rev.5.freq" in result.output and "belong(s) to no layer" in result.output
+    drop = ("filter_fn.implicit_filter_rev.6.weight", "filter_fn.implicit_filter_rev.5.freq")
+    tensors = {k: v for k, v in make_example("m2", **SMALL["m2"]).items()
+               if not any(d in k for d in drop)}  # no orphan left: the shapes disagree
+    path = write_example(tensors, tmp_path / "bad2.safetensors")[0]
+    result = lcd("distill", path, "--order", "4")
     assert result.exit_code == 2
     assert "reverse filter maps" in result.output
     assert "implicit_filter_rev.4.weight" in result.output
@@ -286,7 +295,7 @@ def test_long_conv_bidir_odd_rows(tmp_path: Path) -> None:
     tensors[key] = tensors[key][:3]
     tensors = {k: v for k, v in tensors.items() if not k.endswith(".D")}
     path = write_example(tensors, tmp_path / "bad.safetensors")[0]
-    result = lcd("inspect", path, "--family", "safari-long-conv-bidir")
+    result = lcd("inspect", path, "--family", "safari-long-conv-bidir", *SETS["long-conv-bidir"])
     assert result.exit_code == 2
     assert "must be even" in result.output and key in result.output
 
@@ -300,7 +309,7 @@ def test_cli_end_to_end(tmp_path: Path, name: str) -> None:
     # One filter is enough here (filter_fn2 is found in test_m2_halves_match_formula).
     tensors = {k: v for k, v in tensors.items() if ".filter_fn2." not in k}
     src = write_example(tensors, tmp_path / f"{name}.safetensors")[0]
-    result = lcd("inspect", src, "--json")
+    result = lcd("inspect", src, "--json", *SETS[name])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["families"] == [FAMILY[name]]
@@ -311,7 +320,7 @@ def test_cli_end_to_end(tmp_path: Path, name: str) -> None:
             assert comp["floor_median"][n] == max(halves)
     out, report = tmp_path / "out.safetensors", tmp_path / "out.report.yaml"
     result = lcd("distill", src, "--order", "16", "-o", out, "--report", report, "--device",
-                 "cpu")
+                 "cpu", *SETS[name])
     assert result.exit_code == 0, result.output
     tensors = load_file(out)
     for row in yaml.safe_load(report.read_text())["layers"]:  # per half and combined

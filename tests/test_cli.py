@@ -21,7 +21,8 @@ from tests.conftest import lcd, naive_modal
 FAMILY = {"hyenadna": "hyenadna-hf", "stripedhyena": "stripedhyena", "long-conv": "safari-long-conv"}
 # (channels, length) of the tests' small examples (tests/conftest.py SMALL), stripedhyena at -L 96.
 SHAPE = {"hyenadna": (8, 203), "stripedhyena": (6, 96), "long-conv": (10, 157)}
-LENGTH_ARGS = {"stripedhyena": ["--length", "96"]}
+SETS = {"long-conv": ["squash_lambda=0.001"]}  # not stored, and safari's configs differ on it
+LENGTH_ARGS = {"stripedhyena": ["--length", "96"], "long-conv": ["--set", *SETS["long-conv"]]}
 
 
 
@@ -69,7 +70,7 @@ def test_distill_writes_what_it_reports(write_ckpt, tmp_path: Path, name: str) -
     report = yaml.safe_load(rep.read_text())
     original, written = load_file(str(src)), load_file(str(out))
     ckpt = open_checkpoint(src)
-    (_, layers), = select_configs(ckpt, options={"length": SHAPE[name][1]})
+    (_, layers), = select_configs(ckpt, options={"length": SHAPE[name][1]}, sets=SETS.get(name))
     removed = {k for la in layers for k in la.generator_keys}
     for key, value in original.items():  # everything else is bit-identical
         if key not in removed:
@@ -185,7 +186,7 @@ def test_refuses_overwrite_and_leaves_nothing_on_error(write_ckpt) -> None:
 
 def test_dry_run_reads_headers_only(write_ckpt) -> None:
     src = write_ckpt("long-conv")
-    result = lcd("distill", src, "--order", "8", "--dry-run", "--json")
+    result = lcd("distill", src, "--order", "8", "--dry-run", "--json", *LENGTH_ARGS["long-conv"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert [la["name"] for la in plan["layers"]] == ["backbone.layers.0.mixer.kernel",

@@ -85,7 +85,8 @@ def test_hyena_shared_freq_and_length(write_ckpt) -> None:
 def test_hyena_safari_shift_zero(write_ckpt) -> None:
     tensors = make_example("hyenadna", seed=2, dtype="fp64", **SMALL["hyenadna"])
     tensors = {k.removeprefix("hyena."): v for k, v in tensors.items()}  # safari layout
-    ckpt, layers = layers_of(write_ckpt(tensors))
+    # The same keys as the HyenaDNA standalone layout, and safari's modulate is not stored.
+    ckpt, layers = layers_of(write_ckpt(tensors), family="hyena-safari", sets=["modulate=true"])
     assert layers[0].config.name == "hyena-safari"
     h, _ = materialize(ckpt, layers[0])
     want = naive_hyena(tensors, "backbone.layers.0.mixer.filter_fn", 203, 0.0, True)
@@ -114,11 +115,8 @@ def test_modal_matches_naive(write_ckpt) -> None:
 def test_explicit_matches_naive(write_ckpt, tmp_path: Path, smooth: int | None, lam: float
                                 ) -> None:
     tensors = make_example("long-conv", seed=5, dtype="fp64", **SMALL["long-conv"])
-    cfg = (Path(__file__).parents[1] / "configs" / "safari-long-conv.yaml").read_text()
-    cfg = cfg.replace("smooth_window: null", f"smooth_window: {smooth or 'null'}")
-    cfg = cfg.replace("squash_lambda: 0.001", f"squash_lambda: {lam}")
-    (tmp_path / "cfg.yaml").write_text(cfg)
-    ckpt, layers = layers_of(write_ckpt(tensors), config_path=tmp_path / "cfg.yaml")
+    ckpt, layers = layers_of(write_ckpt(tensors), family="safari-long-conv",
+                             sets={"smooth_window": smooth, "squash_lambda": lam})
     h, D = materialize(ckpt, layers[1])
     k = tensors["backbone.layers.1.mixer.kernel.kernel"].numpy()
     ch, H, L = k.shape

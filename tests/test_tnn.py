@@ -146,7 +146,7 @@ def test_tnn_misshaped_gamma(tmp_path: Path) -> None:
     tensors = make_example("tnn", **SMALL)
     tensors[f"{PREFIX}.gamma"] = tensors[f"{PREFIX}.gamma"][:, :, :-1].clone()
     path = write_example(tensors, tmp_path / "bad.safetensors")[0]
-    result = lcd("inspect", path, "--family", "tnn")
+    result = lcd("inspect", path, "--family", "tnn", "--set", "gamma=0.99")
     assert result.exit_code == 2
     assert f"{PREFIX}.gamma" in result.output and "heads * head_dim" in result.output
 
@@ -154,8 +154,9 @@ def test_tnn_misshaped_gamma(tmp_path: Path) -> None:
 def test_tnn_missing_learned_gamma(tmp_path: Path) -> None:
     tensors = {k: v for k, v in make_example("tnn", **SMALL).items() if not k.endswith("gamma")}
     path = write_example(tensors, tmp_path / "bad.safetensors")[0]
-    result = lcd("inspect", path, "--family", "tnn-bidir")
-    assert result.exit_code == 2
+    result = lcd("inspect", path, "--family", "tnn-bidir", "--set", "decay=learned", "--set",
+                 "gamma=0.99")
+    assert result.exit_code == 2  # without the flag no gamma is evidence of no decay
     assert "needs the stored gamma" in result.output
 
 
@@ -164,7 +165,7 @@ def test_tnn_misshaped_rpe(tmp_path: Path) -> None:
     key = f"{PREFIX}.rpe.layers.1.2.weight"
     tensors[key] = tensors[key][:, :-1].clone()
     path = write_example(tensors, tmp_path / "bad.safetensors")[0]
-    result = lcd("distill", path, "--family", "tnn", "--order", "4")
+    result = lcd("distill", path, "--family", "tnn", "--order", "4", "--set", "gamma=0.99")
     assert result.exit_code == 2
     assert key in result.output
 
@@ -189,7 +190,7 @@ def test_tnn_autodetect_reports_ambiguity(tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ["tnn", "tnn-bidir"])
 def test_cli_end_to_end(tmp_path: Path, family: str) -> None:
     src = write_example(make_example(family, **SMALL), tmp_path / "tnn.safetensors")[0]
-    common = ["--family", family, "--length", "101"]
+    common = ["--family", family, "--length", "101", "--set", "gamma=0.99"]  # learned lambda
     result = lcd("inspect", src, "--json", *common)
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)["layers"][0]
