@@ -154,7 +154,8 @@ def test_tnn_misshaped_gamma(tmp_path: Path) -> None:
 def test_tnn_missing_learned_gamma(tmp_path: Path) -> None:
     tensors = {k: v for k, v in make_example("tnn", **SMALL).items() if not k.endswith("gamma")}
     path = write_example(tensors, tmp_path / "bad.safetensors")[0]
-    result = lcd("inspect", path, "--family", "tnn-bidir", "--set", "decay=learned")
+    result = lcd("inspect", path, "--family", "tnn-bidir", "--set", "decay=learned", "--set",
+                 "gamma=0.99")
     assert result.exit_code == 2  # without the flag no gamma is evidence of no decay
     assert "needs the stored gamma" in result.output
 
