@@ -15,7 +15,6 @@ model folder with the same weight file names, its other files and the report
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ import yaml
 from lcd_cli import __version__
 from lcd_cli.errors import LcdError
 from lcd_cli.io.checkpoint import (
-    DTYPES,
     Checkpoint,
     OutEntry,
     sha256_files,
@@ -222,7 +220,7 @@ def write_folder(tmp: Path, plan: DistillPlan, ckpt: Checkpoint,
     for shard, shard_entries in entries.items():
         write_safetensors(tmp / shard.name, shard_entries, metadata)
         weight_map |= {e.name: shard.name for e in shard_entries}
-        total += sum(math.prod(e.shape) * DTYPES[e.dtype][0] for e in shard_entries)
+        total += sum(e.nbytes for e in shard_entries)
     assert ckpt.index is not None
     index = tmp / ckpt.index.name
     write_index(index, weight_map, total, {"lcd_version": __version__})

@@ -195,7 +195,7 @@ def plan_distill(
                       label="checkpoint" if folder is None else "output folder")]
     if not plan.report_inside:
         targets.append(Target(report, "file", label="report"))
-    plan.transaction = OutputTransaction(targets, inputs=ckpt.files, force=force)
+    plan.transaction = OutputTransaction(targets, inputs=ckpt.inputs, force=force)
     return plan
 
 
