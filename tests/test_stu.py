@@ -279,7 +279,8 @@ def test_cli_end_to_end_and_tampered_pole(tmp_path: Path, name: str) -> None:
     kept = [k for k in src if k != "phi"]
     assert all(torch.equal(tensors[k], src[k]) for k in kept)  # M and the rest byte for byte
     with open_checkpoint(out) as ckpt:
-        assert ckpt.metadata["lcd_layout"] == "stu-shared-basis-v1"
+        assert ckpt.metadata["lcd_layout"] == "lcd"
+        assert ckpt.metadata["lcd_basis_layout"] == "stu-shared-basis-v1"
         assert ckpt.metadata["lcd_stu_phi"] == "stored"
     res = lcd("verify", out, "--reference", path)
     assert res.exit_code == 0, res.output
@@ -300,8 +301,9 @@ def test_verify_rejects_misshaped_basis(tmp_path: Path) -> None:
     tensors["stu_basis.residues"] = tensors["stu_basis.residues"][:5]  # K mismatch
     with open_checkpoint(out) as ckpt:
         meta = dict(ckpt.metadata)
-    save_file(tensors, out, metadata=meta)
-    res = lcd("verify", out, "--reference", path)
+    bad = tmp_path / "bad.safetensors"  # re-saved elsewhere: out's report no longer applies
+    save_file(tensors, bad, metadata=meta)
+    res = lcd("verify", bad, "--reference", path)
     assert res.exit_code == 2 and "stu_basis.residues" in res.output
 
 

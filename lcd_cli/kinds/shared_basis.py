@@ -5,7 +5,7 @@ Layer 4. Claims the family configs whose materializer is ``stu``.
 Dimensions: L filter length, K filters, N basis modes, I/O features, C approx channels, T check
 length, B batch.
 
-Distilled layout ("stu-shared-basis-v1", recorded in the metadata key ``lcd_layout``):
+Distilled layout ("stu-shared-basis-v1", recorded in the metadata key ``lcd_basis_layout``):
   - the phi buffer (option ``phi_key``) is removed when the checkpoint stores it;
   - ``<basis>.poles`` (N, 2) float32 [real, imag] and ``<basis>.residues`` (K, N, 2) float32 are
     added once, ``<basis>`` = the phi key's parent + ``stu_basis`` (``stu_basis`` for ``phi``):
