@@ -391,7 +391,7 @@ def _rich_listener(bar: RichProgress, task: Any, progress: Progress) -> Callable
             bar.update(task, total=fields["layers"])
         elif name == "layer":
             bar.advance(task)
-        bar.update(task, description=progress.activity)
+        bar.update(task, description=progress.now)
 
     return listen
 

@@ -70,6 +70,40 @@ def test_heartbeat_speaks_after_silence_only() -> None:
     assert p.beat() and "still fitting layer 2/2 b" in lines[-1]
 
 
+def test_heartbeat_names_the_fitters_latest_step() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    p = Progress([lambda lvl, msg: lines.append(msg)], heartbeat_s=10.0, clock=lambda: now[0])
+    p.event("start", layers=2, source="x", device="cpu", order=4)
+    p.event("group", kind="causal", layers=["a", "b"])
+    p.fit_step("N=4: 64/256 channels fitted")
+    now[0] += 11.0
+    assert p.beat() and lines[-1].startswith(
+        "still fitting layer 1/2 a: N=4: 64/256 channels fitted: 11 s in this step")
+    p.event("layer", stats={"name": "a", "order": 4, "rel_l2": {"median": 1.0, "max": 1.0}})
+    now[0] += 11.0
+    assert p.beat() and "channels fitted" not in lines[-1]  # the detail was layer a's
+
+
+@pytest.mark.parametrize("how", [["--order", "3"], ["--tol", "0.3", "--max-order", "4"]],
+                         ids=["order", "tol"])
+def test_distill_log_has_the_steps_inside_each_layer(write_ckpt, how: list[str]) -> None:
+    src = write_ckpt(make_example("hyenadna", **TINY), name="hy.safetensors")
+    result = lcd("distill", src, *how, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    log = log_path_for(report_path_for(src.with_name("hy.lcd.safetensors"))).read_text()
+    assert "materializing the kernels" in log and "scoring the stored parameters" in log
+    if how[0] == "--order":
+        assert re.search(r"N=3: \d+/\d+ channels fitted", log)
+    else:  # every bisection step, with its outcome
+        assert re.search(r"bisection fit 1/<=3 at N=4: \d+/\d+ channels", log)
+        assert re.search(r"bisection fit 2/<=3 at N=2: worst rel_l2 \S+ (meets|misses) tol", log)
+    report = yaml.safe_load(src.with_name("hy.lcd.report.yaml").read_text())
+    for row in report["layers"]:
+        assert set(row["phases"]) == {"materialize", "fit", "score"}
+        assert sum(row["phases"].values()) <= row["seconds"] + 1e-2
+
+
 def test_heartbeat_thread_writes_lines() -> None:
     buf = io.StringIO()
     with Progress([progress_events.line_sink(buf)], heartbeat_s=0.05) as p:

@@ -9,13 +9,15 @@ says which family configs it claims and, for those layers:
     :meth:`shared_keys`), from headers only, for plans and dry runs;
   - what it cannot do, found before any fitting (:meth:`check_plan`);
   - how it fits them: one layer at a time or jointly (:meth:`fit`, which reports each layer
-    as it finishes through ``on_layer``);
+    as it finishes through ``on_layer``, and what it is doing inside a layer, such as chunks
+    of channels fitted or bisection steps, through ``on_step``);
   - how `lcd verify` checks a written checkpoint (:meth:`verify`), building its runtime from it;
   - how `lcd inspect` measures compressibility (:meth:`compressibility`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -69,6 +71,24 @@ class VerifyOptions:
 
 
 OnLayer = Callable[[LayerResult], None]
+OnStep = Callable[[str], None]  # a short message from inside a layer's fit (progress)
+
+
+class PhaseClock:
+    """Seconds per phase of one layer's work (materialize, fit, score), for its report row."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        """Close the phase ``name`` (added to an earlier lap of that name)."""
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.mark, 3)
+        self.mark = now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
 
 
 class LayerKind:
@@ -102,7 +122,7 @@ class LayerKind:
         return [], []
 
     def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
-            on_layer: OnLayer | None = None) -> KindOutput:
+            on_layer: OnLayer | None = None, on_step: OnStep | None = None) -> KindOutput:
         raise NotImplementedError
 
     def verify(self, distilled: Checkpoint, ref: Checkpoint, layers: list[Layer],

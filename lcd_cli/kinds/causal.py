@@ -10,7 +10,6 @@ an extra start (order reduction within the class).
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +23,8 @@ from lcd_cli.kinds.base import (
     KindOutput,
     LayerKind,
     OnLayer,
+    OnStep,
+    PhaseClock,
     PlannedLayer,
     VerifyOptions,
     judge,
@@ -41,15 +42,21 @@ PART = "ssm"
 F32_EVAL_WINDOW = 16384
 
 
-def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None
-               ) -> FitResult:
-    """Fit (C, L) kernels at the settings' order, or to its tolerance."""
+def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None,
+               on_step: OnStep | None = None, what: str = "") -> FitResult:
+    """Fit (C, L) kernels at the settings' order, or to its tolerance; ``on_step`` hears of
+    each chunk of channels fitted (and each bisection step), ``what`` prefixes its messages."""
+    say = None if on_step is None else (lambda msg: on_step(f"{what}{msg}"))
     if settings.order is not None:
-        return fit_modal(h, settings.order, device=settings.device, seed=settings.seed,
-                         source=source, workers=settings.workers)
+        order = settings.order
+        chunks = None if say is None else (
+            lambda done, total: say(f"N={order}: {done}/{total} channels fitted"))
+        return fit_modal(h, order, device=settings.device, seed=settings.seed,
+                         source=source, workers=settings.workers, progress=chunks)
     assert settings.tol is not None
     return fit_modal_to_tolerance(h, settings.tol, settings.max_order, device=settings.device,
-                                  seed=settings.seed, source=source, workers=settings.workers)
+                                  seed=settings.seed, source=source, workers=settings.workers,
+                                  on_step=say)
 
 
 def skip_term(distilled: Checkpoint, layer: Layer, D_ref: torch.Tensor | None
@@ -70,29 +77,37 @@ class CausalKind(LayerKind):
         return [PART]
 
     def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
-            on_layer: OnLayer | None = None) -> KindOutput:
+            on_layer: OnLayer | None = None, on_step: OnStep | None = None) -> KindOutput:
         results = []
         for p in planned:
-            res = self._fit_layer(ckpt, p, settings)
+            res = self._fit_layer(ckpt, p, settings, on_step)
             results.append(res)
             if on_layer:
                 on_layer(res)
         return KindOutput(results)
 
-    def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings
-                   ) -> LayerResult:
-        start = time.perf_counter()
+    def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings,
+                   on_step: OnStep | None = None) -> LayerResult:
+        clock = PhaseClock()
+        if on_step:
+            on_step("materializing the kernels")
         h, _ = materialize(ckpt, planned.layer)  # (C, L) float64
-        fit = fit_kernel(h, settings, source_modes(ckpt, planned.layer))
+        source = source_modes(ckpt, planned.layer)
+        clock.lap("materialize")
+        fit = fit_kernel(h, settings, source, on_step)
+        clock.lap("fit")
+        if on_step:
+            on_step(f"N={fit.order}: scoring the stored parameters")
         poles, residues = to_pairs(fit.poles), to_pairs(fit.residues)  # (C, N, 2) float32
         stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order)
         window = min(h.shape[1], F32_EVAL_WINDOW)
         f32 = rel_l2_f32eval(h[:, :window], poles, residues)  # (C,) as complex64 engines see it
         stats["rel_l2_f32eval"] = {"median": float(f32.quantile(0.5)), "max": float(f32.max()),
                                    "window": window}
+        clock.lap("score")
         stats |= {"name": planned.name, "family": planned.layer.config.name,
                   "channels": planned.channels, "length": planned.length, "order": fit.order,
-                  "method": fit.method, "seconds": round(time.perf_counter() - start, 3)}
+                  "method": fit.method, "seconds": clock.total(), "phases": clock.laps}
         if settings.tol is not None:
             stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
         if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, cond(V)

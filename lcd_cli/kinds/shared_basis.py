@@ -44,6 +44,7 @@ from lcd_cli.kinds.base import (
     KindOutput,
     LayerKind,
     OnLayer,
+    OnStep,
     PlannedLayer,
     VerifyOptions,
 )
@@ -94,13 +95,15 @@ class SharedBasisKind(LayerKind):
                            hint="merge the shards into one .safetensors file first")
 
     def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
-            on_layer: OnLayer | None = None) -> KindOutput:
+            on_layer: OnLayer | None = None, on_step: OnStep | None = None) -> KindOutput:
         """Fit the shared basis once, then score every layer on it."""
         opts = planned[0].layer.config.options
         phi_key, hankel_l, basis_kind = opts["phi_key"], opts["use_hankel_l"], opts["basis"]
         first = LayerView(ckpt, planned[0].layer)
         info = layer_params_shape(first, opts)
         start = time.perf_counter()
+        if on_step:
+            on_step(f"fitting one basis for {len(planned)} layer(s)")
         phi, stored = load_phi(first, opts, info["k"], info["length"])  # (L, K)
         target = clean_target(phi, hankel_l) if stored else None  # (L, K)
         fit = _fit(phi, settings, basis_kind == "real", settings.seed, target)

@@ -13,7 +13,6 @@ anti-causal half k_rev[j] = h[-(j+1)] are fitted separately (same order, or each
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +27,8 @@ from lcd_cli.kinds.base import (
     KindOutput,
     LayerKind,
     OnLayer,
+    OnStep,
+    PhaseClock,
     PlannedLayer,
     VerifyOptions,
     judge,
@@ -53,21 +54,26 @@ class TwoSidedKind(LayerKind):
         return [FWD, REV]
 
     def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
-            on_layer: OnLayer | None = None) -> KindOutput:
+            on_layer: OnLayer | None = None, on_step: OnStep | None = None) -> KindOutput:
         results = []
         for p in planned:
-            res = self._fit_layer(ckpt, p, settings)
+            res = self._fit_layer(ckpt, p, settings, on_step)
             results.append(res)
             if on_layer:
                 on_layer(res)
         return KindOutput(results)
 
-    def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings
-                   ) -> LayerResult:
+    def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings,
+                   on_step: OnStep | None = None) -> LayerResult:
         """Materialize both halves, fit each, score the float32 parameters as written."""
-        start = time.perf_counter()
+        clock = PhaseClock()
+        if on_step:
+            on_step("materializing both halves")
         k_fwd, k_rev, _ = materialize_two_sided(ckpt, planned.layer)  # (C, L) each
-        fits = [fit_kernel(h, settings) for h in (k_fwd, k_rev)]
+        clock.lap("materialize")
+        fits = [fit_kernel(h, settings, on_step=on_step, what=f"{half} half, ")
+                for half, h in (("forward", k_fwd), ("reverse", k_rev))]
+        clock.lap("fit")
         order = max(f.order for f in fits)
         pairs = [(to_pairs(f.poles), to_pairs(f.residues)) for f in fits]  # (C, N, 2) float32
         pairs = [_pad_pairs(p, r, order) for p, r in pairs]
@@ -76,8 +82,9 @@ class TwoSidedKind(LayerKind):
                                  (from_pairs(pairs[1][0]), from_pairs(pairs[1][1])), order=order)
         stats |= {"name": planned.name, "family": planned.layer.config.name,
                   "channels": planned.channels, "length": planned.length, "order": order,
-                  "state_modes": 2 * order, "method": fits[0].method,
-                  "seconds": round(time.perf_counter() - start, 3)}
+                  "state_modes": 2 * order, "method": fits[0].method}
+        clock.lap("score")
+        stats |= {"seconds": clock.total(), "phases": clock.laps}
         if settings.tol is not None:
             stats["tol_met"] = bool(max(stats["halves"][h]["rel_l2"]["max"]
                                         for h in ("fwd", "rev")) <= settings.tol)

@@ -1058,7 +1058,8 @@ def fit_modal(
 
 
 def fit_modal_to_tolerance(
-    h: Tensor, tol: float, max_order: int, *, workers: int | None = None, **kw: object
+    h: Tensor, tol: float, max_order: int, *, workers: int | None = None,
+    on_step: Callable[[str], None] | None = None, **kw: object
 ) -> FitResult:
     """Smallest order whose worst channel meets rel_l2 <= tol, by bisection on the order.
 
@@ -1069,17 +1070,34 @@ def fit_modal_to_tolerance(
     Args:
         h: (C, L) kernels; tol: relative l2 tolerance on the max over channels;
         max_order: largest order tried; workers: as in fit_modal (the worker processes are
-        started once and kept for every order tried); kw: passed to fit_modal.
+        started once and kept for every order tried); on_step: called with a short message as
+        each fit's chunks finish and after each fit (its order and worst error); kw: passed to
+        fit_modal.
     """
     h = _check_kernel(h)
     _check_order(max_order, h.shape[-1])
-    best = fit_modal(h, max_order, workers=workers, **kw)  # type: ignore[arg-type]
+    fits = 1 + math.ceil(math.log2(max_order)) if max_order > 1 else 1  # at most
+    count = [0]
+
+    def fit_at(order: int) -> FitResult:
+        count[0] += 1
+        what = f"bisection fit {count[0]}/<={fits} at N={order}"
+        chunks = None if on_step is None else (
+            lambda done, total: on_step(f"{what}: {done}/{total} channels"))
+        res = fit_modal(h, order, workers=workers, progress=chunks, **kw)  # type: ignore[arg-type]
+        worst = float(res.rel_l2.max())
+        if on_step is not None:
+            on_step(f"{what}: worst rel_l2 {worst:.2e} {'meets' if worst <= tol else 'misses'} "
+                    f"tol {tol:g}")
+        return res
+
+    best = fit_at(max_order)
     if float(best.rel_l2.max()) > tol:
         return best
     lo, hi = 0, max_order
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        res = fit_modal(h, mid, workers=workers, **kw)  # type: ignore[arg-type]
+        res = fit_at(mid)
         if float(res.rel_l2.max()) <= tol:
             hi, best = mid, res
         else:

@@ -34,7 +34,7 @@ from lcd_cli.io.checkpoint import (
     write_safetensors,
 )
 from lcd_cli.io.signals import Terminated
-from lcd_cli.kinds.base import OnLayer
+from lcd_cli.kinds.base import OnLayer, OnStep
 from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.distributed import Ranks, ranks, shutdown
 from lcd_cli.pipeline.folders import CONFIG_JSON, REPORT_NAME, auxiliary_files, patched_config
@@ -81,7 +81,8 @@ def run_distill(
     try:
         results, shared = fit_all(plan, ckpt, store, job, layer_done,
                                   lambda g: tell("group", kind=g.kind.name,
-                                                 layers=[p.name for p in g.layers]))
+                                                 layers=[p.name for p in g.layers]),
+                                  on_step=progress.fit_step if progress else None)
     except (KeyboardInterrupt, Terminated) as stop:
         kept = len(store.saved) + len(store.reused)
         code = stop.exit_code if isinstance(stop, Terminated) else 130
@@ -138,10 +139,11 @@ def run_distill(
 
 
 def fit_all(plan: DistillPlan, ckpt: Checkpoint, store: ResumeStore, job: Ranks,
-            on_layer: OnLayer | None, on_group: Callable[[KindGroup], None] | None = None
-            ) -> tuple[list[LayerResult], list[SharedResult]]:
+            on_layer: OnLayer | None, on_group: Callable[[KindGroup], None] | None = None,
+            on_step: OnStep | None = None) -> tuple[list[LayerResult], list[SharedResult]]:
     """Fit every group, in plan order: layers of one-at-a-time kinds are taken from the resume
-    store or fitted and kept; under torchrun each rank fits its share and all are gathered."""
+    store or fitted and kept; under torchrun each rank fits its share and all are gathered.
+    ``on_step`` hears what happens inside a layer's fit (chunks of channels, bisection)."""
     settings = replace(plan.settings, device=job.device(plan.settings.device))
     results: list[LayerResult] = []
     shared: list[SharedResult] = []
@@ -150,7 +152,7 @@ def fit_all(plan: DistillPlan, ckpt: Checkpoint, store: ResumeStore, job: Ranks,
             on_group(group)
         if not group.kind.independent_layers:
             if job.writer:
-                out = group.kind.fit(ckpt, group.layers, settings, on_layer)
+                out = group.kind.fit(ckpt, group.layers, settings, on_layer, on_step)
                 results += out.layers
                 shared += out.shared
             continue
@@ -160,7 +162,7 @@ def fit_all(plan: DistillPlan, ckpt: Checkpoint, store: ResumeStore, job: Ranks,
                 continue
             res = store.load(planned)
             if res is None:
-                res = group.kind.fit(ckpt, [planned], settings).layers[0]
+                res = group.kind.fit(ckpt, [planned], settings, on_step=on_step).layers[0]
                 store.save(planned, res)
             else:
                 res.stats["resumed"] = True

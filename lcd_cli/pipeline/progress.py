@@ -16,12 +16,14 @@ Events (fields) the pipeline sends:
     layer     stats (a layer's report row)                       (done; the next one starts)
     phase     name (e.g. "writing", "report"), path              (a step after the fits)
     step      message                                            (anything else, e.g. bench)
-    fit_step  layer, order, rel_l2_max                           (a fitter hook, see below)
+    fit_step  message                                            (a fitter hook, see below)
     warning   message
     done      output, report, seconds
 
-A fitter that wants to say more (one bisection step) can be handed ``progress.fit_step`` as
-``progress: Callable[[str], None] | None``: it calls it with a short message per fit.
+Inside a layer the kinds call :meth:`Progress.fit_step` (their ``on_step``) with a short
+message: chunks of channels fitted, each bisection step of --tol. It becomes the *detail* of
+what runs now: on the rich bar, in the heartbeat line (``still fitting layer 2/4 'x' (C=64,
+L=8192): N=16: 128/256 channels fitted: 34 s ...``) and, verbose, in the log file.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Progress:
         self.pending: list[str] = []  # layers of the current group not finished yet
         self.shapes: dict[str, str] = {}  # layer name -> "C=.., L=.."
         self.activity = "starting"
+        self.detail = ""  # the fitter's latest message inside the current step
         self.started = clock()
         self.step_started = self.started
         self.last_line = self.started
@@ -121,10 +124,17 @@ class Progress:
                 listener(name, fields)
 
     def fit_step(self, message: str) -> None:
-        """Hook for a fitter: one short message per fit (e.g. a bisection step)."""
+        """Hook for a fitter: what it does now inside the current layer (see the module doc)."""
         with self._lock:
-            self.step_started = self.clock()
+            self.detail = message
             self.say(f"  {self.activity}: {message}", VERBOSE)
+            for listener in self.listeners:
+                listener("fit_step", {"message": message})
+
+    @property
+    def now(self) -> str:
+        """What runs now, with the fitter's latest detail."""
+        return f"{self.activity}: {self.detail}" if self.detail else self.activity
 
     def _on_start(self, layers: int, source: str = "", device: str | None = None,
                   order: int | None = None, tol: float | None = None, max_order: int = 64,
@@ -158,12 +168,14 @@ class Progress:
 
     def _on_phase(self, name: str, path: str | None = None) -> None:
         self.activity = f"{name} {path}" if path else name
+        self.detail = ""
         self.step_started = self.clock()
         self.say(f"{name}: {path}" if path else name)
 
     def _on_step(self, message: str) -> None:
         """A free-form step (e.g. of `lcd bench`): what runs now."""
         self.activity = message
+        self.detail = ""
         self.step_started = self.clock()
         self.say(message)
 
@@ -177,6 +189,7 @@ class Progress:
 
     def _next_activity(self) -> None:
         self.step_started = self.clock()
+        self.detail = ""
         if self.pending:
             name = self.pending[0]
             shape = f" ({self.shapes[name]})" if name in self.shapes else ""
@@ -192,7 +205,7 @@ class Progress:
             now = self.clock()
             if self.heartbeat_s is None or now - self.last_line < self.heartbeat_s:
                 return False
-            self.say(f"still {self.activity}: {_fmt_s(now - self.step_started)} in this step, "
+            self.say(f"still {self.now}: {_fmt_s(now - self.step_started)} in this step, "
                      f"{_fmt_s(now - self.started)} in all")
             return True
 
