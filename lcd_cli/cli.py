@@ -426,7 +426,8 @@ def distill(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fitter's randomness.")] = 0,
     workers: Annotated[int | None, typer.Option(
         "--workers", help="CPU worker processes (one torch thread each) sharing each layer's "
-        "channels; the output is bit-identical to one process. Default: fit in-process.")
+        "channels; the output is bit-identical to one process. Default: one per core on the "
+        "CPU (a layer of at most 64 channels fits in-process); 1: in-process.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     dry_run: Annotated[bool, typer.Option(

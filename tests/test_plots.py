@@ -39,7 +39,8 @@ def test_distill_plot_two_sided(write_ckpt, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     src = write_ckpt(make_example("long-conv-bidir", d_model=3, n_layers=1, length=63,
                                   channels=2), name="bi.safetensors")
-    result = lcd("distill", src, "--order", "2", "--device", "cpu", "--plot", tmp_path / "p")
+    result = lcd("distill", src, "--order", "2", "--device", "cpu", "--plot", tmp_path / "p",
+                 "--set", "squash_lambda=0.001")  # the example's value (an ambiguous option)
     assert result.exit_code == 0, result.output
     (png,) = (tmp_path / "p").iterdir()
     _check_png(png)

@@ -145,6 +145,8 @@ def fit_all(plan: DistillPlan, ckpt: Checkpoint, store: ResumeStore, job: Ranks,
     store or fitted and kept; under torchrun each rank fits its share and all are gathered.
     ``on_step`` hears what happens inside a layer's fit (chunks of channels, bisection)."""
     settings = replace(plan.settings, device=job.device(plan.settings.device))
+    if job.distributed:  # the ranks are the parallelism: one process each
+        settings = replace(settings, workers=None)
     results: list[LayerResult] = []
     shared: list[SharedResult] = []
     for group in plan.groups:

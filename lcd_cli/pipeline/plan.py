@@ -16,6 +16,7 @@ from lcd_cli.io.checkpoint import Checkpoint
 from lcd_cli.io.transaction import OutputTransaction, Target
 from lcd_cli.kinds import FitSettings, LayerKind, PlannedLayer, kind_for
 from lcd_cli.layouts import Layout, get_layout
+from lcd_cli.numerics.parallel import cpu_count
 from lcd_cli.pipeline.folders import (
     REPORT_NAME,
     auxiliary_files,
@@ -115,6 +116,15 @@ def default_outputs(ckpt: Checkpoint, folder: Path | None, output: Path | None
     return out, report_path_for(out)
 
 
+def default_workers(device: str | None) -> int | None:
+    """Worker processes when --workers is not given: one per core for a CPU fit (a layer of
+    one chunk of channels still fits in-process: numerics.parallel.run_jobs), none on a GPU."""
+    if device is not None and not device.startswith("cpu"):
+        return None
+    count = cpu_count()
+    return count if count > 1 else None
+
+
 def plan_distill(
     ckpt: Checkpoint,
     *,
@@ -184,7 +194,8 @@ def plan_distill(
         check_output_folder(output, ckpt.files)
     if workers is not None and workers < 1:
         raise LcdError(f"--workers {workers} must be at least 1", key="workers")
-    settings = FitSettings(order, tol, max_order, device=device, seed=seed, workers=workers)
+    settings = FitSettings(order, tol, max_order, device=device, seed=seed,
+                           workers=default_workers(device) if workers is None else workers)
     configs = {cfg.name: echo_config(cfg) for cfg, _ in found}
     plan = DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
                        chosen_layout, ckpt.sharded, configs, folder)
