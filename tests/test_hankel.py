@@ -10,11 +10,14 @@ import torch
 
 from lcd_cli.numerics.hankel import (
     eckart_young_floor,
+    gram_spectrum,
     hankel_floor,
+    hankel_gram,
     hankel_shape,
     hankel_singular_values,
     order_for_tolerance,
 )
+from lcd_cli.numerics.fit import fit_modal
 from lcd_cli.numerics.modal import modal_kernel
 
 
@@ -117,6 +120,35 @@ def test_hankel_floor_is_tighter_and_rigorous() -> None:
     best = hankel_floor(h, [2, 4, 8])
     assert best.rigorous
     assert bool((best.values >= square.values * (1 - 1e-12)).all())
+
+
+@pytest.mark.parametrize(("length", "rows"), [(63, 1), (63, 9), (1000, 33), (1000, 257)],
+                         ids=lambda v: str(v))
+def test_gram_matches_the_explicit_hankel(length: int, rows: int) -> None:
+    h = _modal(2, 6, length, seed=11, noise=1e-2)
+    H = torch.from_numpy(np.stack([_naive_hankel(c.numpy(), rows) for c in h]))  # (C, m, n)
+    G = H @ H.transpose(1, 2)  # (C, m, m)
+    assert torch.allclose(hankel_gram(h, rows), G, rtol=0, atol=1e-13 * float(G.abs().max()))
+    sigma = torch.linalg.svdvals(H)  # (C, m)
+    got = gram_spectrum(h, rows)
+    assert got.exact and got.rows == rows
+    assert torch.allclose(got.sigma, sigma, rtol=0, atol=1e-7 * float(sigma.max()))
+
+
+def test_long_kernel_floor_is_rigorous_from_the_gram_route() -> None:
+    """With no shape small enough for a dense SVD (max_dense=1), the same short shapes get
+    their spectra from the Gram matrix: the same floors as dense SVDs of those shapes, still
+    rigorous, and below the error of an actual fit."""
+    h = _modal(3, 10, 1000, seed=12, noise=1e-3)
+    orders = [2, 4, 8]
+    dense = hankel_floor(h, orders, exact_max_rows=300, max_dense=1 << 30)  # m = 17 .. 272
+    gram = hankel_floor(h, orders, exact_max_rows=300, max_dense=1)
+    assert dense.rigorous and gram.rigorous
+    assert torch.allclose(gram.values, dense.values, rtol=1e-6, atol=1e-9)
+    exact = _modal(2, 4, 5000, seed=13)
+    assert float(hankel_floor(exact, [4], max_dense=1).values.max()) < 1e-6  # rank 8: nothing
+    fit = fit_modal(h, 4)
+    assert bool((fit.rel_l2 >= gram.values[:, 1] * (1 - 1e-9)).all())
 
 
 def test_zero_channel_floor_is_zero() -> None:

@@ -348,6 +348,54 @@ def eckart_young_floor(
     )
 
 
+def hankel_gram(h: Tensor, rows: int) -> Tensor:
+    """G = H H^T, exactly, for the short-and-wide rows x (L - rows + 1) Hankel matrix of h,
+    in O(L log L + rows^2) per channel without forming H.
+
+    Lag sums first: G[0, d] = sum_{k < n} h[k] h[k + d], d < m, one cross-correlation (FFT).
+    Then down each diagonal, G[i + 1, i + 1 + d] = G[i, i + d] + h[n + i] h[n + i + d]
+    - h[i] h[i + d]: a running sum of m differences, so rounding grows with m, not with L.
+
+    Args:
+        h: (C, L) float64; rows: m, 1 <= m <= L.
+    Returns:
+        (C, m, m) float64, symmetric positive semi-definite (up to rounding).
+    """
+    c, length = h.shape
+    m, n = hankel_shape(length, rows)
+    nfft = fft_size(length + n)
+    af = torch.fft.rfft(h[:, :n], n=nfft)  # (C, F)
+    bf = torch.fft.rfft(h, n=nfft)  # (C, F)
+    base = torch.fft.irfft(af.conj() * bf, n=nfft)[:, :m]  # (C, m): G[0, d]
+    pad = torch.nn.functional.pad(h, (0, m))  # (C, L + m): zeros past the end
+    s = torch.arange(m - 1, device=h.device)[:, None]  # (m-1, 1) step along a diagonal
+    d = torch.arange(m, device=h.device)[None, :]  # (1, m) lag
+    head = pad[:, s] * pad[:, s + d]  # (C, m-1, m): h[s] h[s + d]
+    tail = pad[:, n + s] * pad[:, n + s + d]  # (C, m-1, m): h[n + s] h[n + s + d]
+    run = torch.cat([base[:, None, :], base[:, None, :] + torch.cumsum(tail - head, 1)], 1)
+    # run[:, i, d] = G[i, i + d] (C, m, m), meaningful for i + d < m
+    i = torch.arange(m, device=h.device)
+    lag = (i[None, :] - i[:, None]).clamp_min(0)  # (m, m): j - i above the diagonal
+    upper = torch.gather(run, 2, lag.expand(c, m, m))  # (C, m, m): G[i, j] for j >= i
+    return torch.triu(upper) + torch.triu(upper, 1).transpose(1, 2)
+
+
+def gram_spectrum(h: Tensor, rows: int) -> HankelSpectrum:
+    """The exact Hankel spectrum of a short-and-wide shape from its Gram matrix (eigenvalues
+    = sigma^2), for shapes too large for a dense SVD of H itself (long kernels).
+
+    Tails come from the smallest eigenvalues, not from frob2 - captured energy. Rounding makes
+    them accurate to about eps m sigma_1^2, i.e. floors below ~sqrt(eps m) (5e-7 at m = 1024)
+    are at the resolution of float64."""
+    lam = torch.linalg.eigvalsh(hankel_gram(h.to(torch.float64), rows)).clamp_min(0.0)  # (C, m)
+    s2 = torch.flip(lam, (-1,))  # (C, m) descending sigma^2
+    rev = torch.flip(torch.cumsum(lam, -1), (-1,))  # (C, m): sum_{j >= r} sigma_j^2
+    tail2 = torch.cat([rev, rev.new_zeros(rev.shape[0], 1)], dim=-1)  # (C, m + 1)
+    m, n = hankel_shape(h.shape[-1], rows)
+    return HankelSpectrum(sigma=torch.sqrt(s2), frob2=hankel_frob2(h.to(torch.float64), m),
+                          rows=min(m, n), exact=True, tail2=tail2)
+
+
 def hankel_floor(
     h: Tensor,
     orders: Sequence[int],
@@ -363,8 +411,11 @@ def hankel_floor(
     early samples where decaying kernels keep their energy, so its bound is loose there; a
     short-and-wide Hankel (m a few times 2N) has mult(t) = m for most t and is often much
     tighter. Row counts 2 Nmax + 1, doubling, up to ceil(L/2) are tried with dense (exact)
-    SVDs where m <= exact_max_rows and m * n <= max_dense; the result is rigorous. Only if no
-    shape qualifies is the square matrix's randomized estimate returned (rigorous=False).
+    SVDs where m <= exact_max_rows and m * n <= max_dense; the result is rigorous. If no shape
+    is that small (long kernels), the shapes with m <= exact_max_rows get their exact spectra
+    from the m x m Gram matrix (:func:`gram_spectrum`, O(L log L + m^3) per channel, any L):
+    still rigorous. Only if not even that applies (2 Nmax + 1 > exact_max_rows) is the square
+    matrix's randomized estimate returned (rigorous=False).
 
     Args:
         h: (C, L) kernels; orders: the orders N.
@@ -390,10 +441,26 @@ def hankel_floor(
         spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed, rows=m)
         vals = eckart_young_floor(spec, norm2, orders).values  # (C, len(orders))
         best = vals if best is None else torch.maximum(best, vals)
+    if best is None:  # long kernels: exact spectra of the short shapes from their Gram matrix
+        for m in grid:
+            if m > exact_max_rows or m >= m_full:
+                continue
+            vals = torch.cat([eckart_young_floor(gram_spectrum(part, m), norm2[i:i + len(part)],
+                                                 orders).values
+                              for i, part in _channel_blocks(h, m)])  # (C, len(orders))
+            best = vals if best is None else torch.maximum(best, vals)
     if best is not None:
         return EckartYoungFloor(values=best, orders=tuple(int(o) for o in orders), rigorous=True)
     spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed)
     return eckart_young_floor(spec, norm2, orders)
+
+
+def _channel_blocks(h: Tensor, rows: int) -> list[tuple[int, Tensor]]:
+    """(first channel, block) of h, each block's Gram work (FFTs of 2L, (m, m) products)
+    within _BUDGET words."""
+    per = 4 * fft_size(2 * h.shape[-1]) + 4 * rows * rows  # words per channel
+    step = max(1, _BUDGET // per)
+    return [(i, h[i:i + step]) for i in range(0, h.shape[0], step)]
 
 
 def order_for_tolerance(floors: Tensor | EckartYoungFloor, tol: float) -> int | None:
@@ -418,8 +485,10 @@ __all__ = [
     "HankelSpectrum",
     "eckart_young_floor",
     "fft_size",
+    "gram_spectrum",
     "hankel_floor",
     "hankel_frob2",
+    "hankel_gram",
     "hankel_shape",
     "hankel_singular_values",
     "hankel_svd",
