@@ -141,3 +141,20 @@ def test_bf16_input_is_read(write_ckpt) -> None:
     h, _ = materialize(ckpt, layers[0])
     assert h.dtype == torch.float64 and torch.isfinite(h).all()
     assert ckpt.info(layers[0].generator_keys[0]).dtype == "BF16"
+
+
+@pytest.mark.parametrize("name", ["hyenadna", "stripedhyena", "evo2", "s4d", "h3"])
+def test_sampled_channels_materialize_as_the_full_kernel_does(write_ckpt, name: str) -> None:
+    """materialize(..., channels) (what `lcd inspect` samples) equals the full kernel's rows,
+    for the materializers that compute fewer channels (hyena) and the default (the rest)."""
+    path = write_ckpt(make_example(name))
+    with open_checkpoint(path) as ckpt:
+        for cfg, layers in select_configs(ckpt):
+            for layer in layers[:1]:
+                h, D = materialize(ckpt, layer)  # (C, L)
+                idx = torch.tensor(sorted({h.shape[0] - 1, 0, h.shape[0] // 3}))
+                sub, D_sub = materialize(ckpt, layer, idx)  # (S, L)
+                assert sub.shape == (len(idx), h.shape[1]), cfg.name
+                assert torch.allclose(sub, h[idx], rtol=1e-12, atol=1e-14 * float(h.abs().max()))
+                assert (D is None) == (D_sub is None)
+                assert D is None or torch.equal(D_sub, D[idx])

@@ -293,17 +293,32 @@ def source_modes(ckpt: Checkpoint, layer: Layer) -> torch.Tensor | None:
     return None if modes is None else modes[0]
 
 
-def materialize(ckpt: Checkpoint, layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The layer's kernel h (C, L) float64 and skip term D (C,) float64 (None if absent)."""
+def materialize(ckpt: Checkpoint, layer: Layer, channels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's kernel h (C, L) float64 and skip term D (C,) float64 (None if absent);
+    with ``channels`` (indices), only those channels of both."""
     view = LayerView(ckpt, layer)
-    h = MATERIALIZERS[layer.config.materializer].kernel(view, layer.config.options)  # (C, L)
+    mat = MATERIALIZERS[layer.config.materializer]
+    if channels is None:
+        h = mat.kernel(view, layer.config.options)  # (C, L)
+    else:
+        h = mat.kernel_channels(view, layer.config.options, channels)  # (S, L)
     if not torch.isfinite(h).all():
         raise LcdError("the materialized kernel holds NaN or Inf (overflow in the generator?)",
                        file=ckpt.source, key=layer.prefix)
     D = None
     if layer.skip_key is not None:
         D = ckpt.get(layer.skip_key, torch.float64).reshape(-1)  # (C,)
-        if D.numel() != h.shape[0]:
+        count = h.shape[0] if channels is None else channel_count(ckpt, layer)
+        if D.numel() != count:
             raise LcdError(f"the skip term has {D.numel()} values but the kernel has "
-                           f"{h.shape[0]} channels", file=ckpt.source, key=layer.skip_key)
+                           f"{count} channels", file=ckpt.source, key=layer.skip_key)
+        if channels is not None:
+            D = D[channels]  # (S,)
     return h, D
+
+
+def channel_count(ckpt: Checkpoint, layer: Layer) -> int:
+    """C of the layer's kernel, from shapes alone."""
+    view = LayerView(ckpt, layer)
+    return int(MATERIALIZERS[layer.config.materializer].shape(view, layer.config.options)[0])

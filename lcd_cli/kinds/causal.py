@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lcd_cli.families.layers import generator_info, materialize, source_modes
+from lcd_cli.families.layers import channel_count, generator_info, materialize, source_modes
 from lcd_cli.families.spec import FamilyConfig
 from lcd_cli.families.view import Layer
 from lcd_cli.io.checkpoint import Checkpoint
@@ -33,7 +33,7 @@ from lcd_cli.layouts.base import LayerResult, Layout
 from lcd_cli.numerics.checks import verify_layer
 from lcd_cli.numerics.compressibility import compressibility
 from lcd_cli.numerics.fit import FitResult, fit_modal, fit_modal_to_tolerance
-from lcd_cli.numerics.metrics import kernel_errors, rel_l2_f32eval
+from lcd_cli.numerics.metrics import kernel_errors, rel_l2_f32eval, sample_channels
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 
 PART = "ssm"
@@ -131,5 +131,6 @@ class CausalKind(LayerKind):
         return rows
 
     def compressibility(self, ckpt: Checkpoint, layer: Layer, channels: int) -> dict[str, Any]:
-        h, _ = materialize(ckpt, layer)  # (C, L)
+        idx = sample_channels(channel_count(ckpt, layer), channels)  # (S,)
+        h, _ = materialize(ckpt, layer, idx)  # (S, L): only the sampled channels
         return compressibility(h, channels=channels)

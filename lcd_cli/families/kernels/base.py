@@ -47,6 +47,12 @@ class Materializer:
         """The (C, L) float64 kernel (for a non-causal layer: its causal half h[0 .. L-1])."""
         raise NotImplementedError
 
+    def kernel_channels(self, view: LayerView, options: dict[str, Any], idx: Tensor) -> Tensor:
+        """The kernel of the channels ``idx`` only, (len(idx), L) float64, equal to
+        ``kernel(...)[idx]`` (what `lcd inspect` samples). The default computes every channel;
+        a materializer whose cost grows with C may compute fewer."""
+        return self.kernel(view, options)[idx]
+
     def info(self, view: LayerView, options: dict[str, Any]) -> dict[str, Any]:
         """Facts about the source generator worth showing (e.g. an SSM's state size and the
         conditioning of its eigenvectors); shown by ``lcd inspect``. Empty by default."""

@@ -169,8 +169,19 @@ class HyenaKernel(Materializer):
         """k_rev (C, L): the ``implicit_filter_rev`` MLP, modulated like the forward one."""
         return self._filter(view, options, REV)
 
-    def _filter(self, view: LayerView, options: dict[str, Any], net: str) -> Tensor:
+    def kernel_channels(self, view: LayerView, options: dict[str, Any], idx: Tensor) -> Tensor:
+        """Only the last linear layer and the modulation are per channel: the MLP runs once,
+        its output layer for the sampled channels only (unless ``normalized``, whose L1 norm
+        over channels needs them all)."""
+        if options["normalized"]:
+            return self.kernel(view, options)[idx]
+        return self._filter(view, options, FWD, idx)
+
+    def _filter(self, view: LayerView, options: dict[str, Any], net: str,
+                idx_channels: Tensor | None = None) -> Tensor:
+        """The (C, L) kernel of MLP ``net``, or of the channels ``idx_channels`` only."""
         channels, length = self.shape(view, options, net)
+        pick = slice(None) if idx_channels is None else idx_channels
         idx = self._linears(view, net)
         l_max = self._l_max(view, options)
         emb_dim = view.shape(f"{net}.{idx[0]}.weight")[1]
@@ -187,11 +198,11 @@ class HyenaKernel(Materializer):
             if view.has(f"{net}.{j}.bias"):
                 a = a + view.get(f"{net}.{j}.bias")
             a = torch.sin(w_mod * freq.reshape(1, -1) * a)  # (L, W)
-        h = a @ view.get(f"{net}.{idx[-1]}.weight").T  # (L, C)
+        h = a @ view.get(f"{net}.{idx[-1]}.weight")[pick].T  # (L, C)
         if view.has(f"{net}.{idx[-1]}.bias"):
-            h = h + view.get(f"{net}.{idx[-1]}.bias")
+            h = h + view.get(f"{net}.{idx[-1]}.bias")[pick]
         if options["modulate"]:
-            deltas = view.get("modulation.deltas").reshape(1, channels)  # (1, C)
+            deltas = view.get("modulation.deltas").reshape(1, channels)[:, pick]  # (1, C)
             h = h * (torch.exp(-t_norm[:length] * deltas.abs()) + float(options["shift"]))
         if options["normalized"]:
             h = h / h.abs().sum(dim=-1, keepdim=True)  # L1 over channels at each t
