@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcd_cli.numerics.fit import fit_modal
 from lcd_cli.numerics.hankel import (
     eckart_young_floor,
     gram_spectrum,
@@ -17,7 +18,6 @@ from lcd_cli.numerics.hankel import (
     hankel_singular_values,
     order_for_tolerance,
 )
-from lcd_cli.numerics.fit import fit_modal
 from lcd_cli.numerics.modal import modal_kernel
 
 
