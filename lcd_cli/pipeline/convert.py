@@ -33,12 +33,15 @@ refuses shared storage, and a loader (lcd, vortex's ``load_state_dict``) looks e
 so each name is written as its own tensor (identical bytes) and the tie is recorded in
 ``lcd.convert.yaml`` (``tied``).
 
-Memory: tensors are memory-mapped and written one by one from the mapping, so the process
-holds no copy of a contiguous tensor at all, and at most one copy of the largest
-non-contiguous one; the pages read through the mapping are file cache, which the OS reclaims.
-Peak resident memory is therefore O(largest tensor), independent of the model's and the
-shards' size. Exceptions: a pre-1.6 (non-zip) pickle cannot be mapped and is read whole, one
-file at a time. Disk: the output's size, plus the joined file's for split parts.
+Memory: tensors are memory-mapped and written one by one straight from the mapping, so the
+process holds no copy of a contiguous tensor, at most one copy of the largest non-contiguous
+one, and two 8 MiB blocks while joining or hashing: anonymous memory is O(largest
+non-contiguous tensor), independent of the model's and the shards' size (measured: a 384 MiB
+.pt of 12 tensors, +16 MiB). The pages read through the mapping count in the resident set
+until the file is unmapped (up to the file's size), but they are clean file cache that the
+OS reclaims under memory pressure, not memory the process needs. Exception: a pre-1.6
+(non-zip) pickle cannot be mapped and is read whole, one file at a time. Disk: the output's
+size, plus the joined file's for split parts.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ _PART = re.compile(r"(?P<stem>.+)\.part(?P<n>\d+)")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
-_BLOCK = 64 << 20
+_BLOCK = 8 << 20  # bytes read at a time when joining or hashing (two alive at most)
 _EXAMPLES = 5  # dropped keys named in the summary
 
 
