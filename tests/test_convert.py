@@ -137,6 +137,18 @@ def test_missing_parts_are_listed(pt: Path, tmp_path: Path) -> None:
     assert named.exit_code == 2 and "evo2.pt.part0" in named.output
 
 
+def test_a_missing_last_part_is_a_damaged_checkpoint(pt: Path, tmp_path: Path) -> None:
+    parts = split(pt, 3)
+    parts[2].unlink()  # nothing says a part3 should exist: the joined file is cut short
+    result = lcd("convert", parts[0], "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "not a readable torch checkpoint" in result.output and "the last one" in result.output
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    st = tmp_path / "m.safetensors"
+    st.write_bytes(b"x")
+    assert "already" in lcd("convert", st, "-o", tmp_path / "o2").output
+
+
 def test_unnamed_parts_and_a_later_first_part_are_refused(pt: Path, tmp_path: Path) -> None:
     parts = split(pt, 3)
     result = lcd("convert", parts[0], parts[1], "-o", tmp_path / "out")

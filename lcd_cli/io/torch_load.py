@@ -97,27 +97,39 @@ def _type_name(value: object) -> str:
 
 
 def _torch_load(path: Path) -> object:
+    if path.name.endswith((".safetensors", ".safetensors.index.json")):
+        raise LcdError("this is a safetensors checkpoint already, which lcd reads as it is",
+                       file=path, hint="pass it to lcd inspect / lcd distill directly")
     mapped = zipfile.is_zipfile(path)  # torch >= 1.6 files are zips; only those can be mapped
     try:
         with torch.serialization.safe_globals(_allowed()):
             return torch.load(path, weights_only=True, mmap=mapped, map_location="cpu")
     except pickle.UnpicklingError as e:
         found = _GLOBAL.search(str(e))
-        what = f"an object of type '{found.group(1)}'" if found else "something other than tensors"
+        if not found:
+            raise LcdError(
+                f"not a readable torch checkpoint ({_first_line(e)})", file=path, hint=_DAMAGED,
+            ) from None
         raise LcdError(
-            f"the checkpoint holds {what}, which lcd does not load: it reads .pt files with "
+            f"the checkpoint holds an object of type '{found.group(1)}', which lcd does not "
+            "load: it reads .pt files with "
             "torch.load(weights_only=True), which builds tensors and plain containers only and "
             "never runs code from the file", file=path,
             hint="if you trust the file and its code, load it yourself and save the plain "
             "state dict, e.g. torch.save(model.state_dict(), 'plain.pt'), then convert that",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LcdError(
-            f"not a readable torch checkpoint ({first})", file=path,
-            hint="the file may be truncated or not a torch.save file; for a checkpoint split "
-            "into .partN files, check that every part is present and complete",
-        ) from None
+        raise LcdError(f"not a readable torch checkpoint ({_first_line(e)})", file=path,
+                       hint=_DAMAGED) from None
+
+
+_DAMAGED = ("the file may be truncated or not a torch.save file; for a checkpoint split into "
+            ".partN files, check that every part is present and complete (the last one too)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _unwrap(obj: object, path: Path) -> tuple[dict[Any, Any], str | None, list[str]]:
