@@ -679,12 +679,14 @@ def example(
 def convert(
     ctx: typer.Context,
     sources: Annotated[list[Path], typer.Argument(
-        metavar="MODEL.pt [MORE ...]", help="A .pt file; a split checkpoint's first part "
+        metavar="MODEL.pt", help="A .pt file; a split checkpoint's first part "
         "(NAME.pt.part0), its stem (NAME.pt) or every part; or several .pt state dicts.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
     config: Annotated[Path | None, typer.Option(
-        "--config", help="A config file to copy into the folder (e.g. the engine's YAML); "
-        "default: config.json, config.yaml or NAME.yml / NAME.yaml beside the input.")] = None,
+        "--model-config", "--config", help="The model's config to copy into the folder (e.g. "
+        "the engine's YAML, evo2-7b-8k.yml); default: config.json, config.yaml or NAME.yml / "
+        "NAME.yaml beside the input. (--config: the same; elsewhere --config is a family "
+        "config.)")] = None,
     max_shard_size: Annotated[str, typer.Option(
         "--max-shard-size", help="Largest shard: bytes or a size with a unit (5GB = 5e9 bytes, "
         "500MiB); above it the folder holds model-0000i-of-0000n.safetensors and "
@@ -709,8 +711,9 @@ def convert(
     Output, written as one unit (nothing partial on an error or Ctrl-C; an existing FOLDER
     only with --force): model.safetensors or shards plus an index, dtypes and bytes
     unchanged; the config; lcd.convert.yaml (sources with sha256, dropped keys, ties,
-    shards). Memory stays about the size of the largest tensor (tensors are memory-mapped and
-    copied one at a time). Then: `lcd inspect FOLDER`, `lcd distill FOLDER`.
+    shards). Several whole .pt files are read one at a time as parts of one state dict.
+    Memory: tensors are memory-mapped and copied one at a time, so no copy of the model is
+    held (about the largest tensor at most). Then: `lcd inspect FOLDER`, `lcd distill FOLDER`.
     """
     level = _level(ctx)
     with _errors(ctx):

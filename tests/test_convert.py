@@ -239,10 +239,12 @@ def test_configs_are_copied(pt: Path, tmp_path: Path) -> None:
     engine.parent.mkdir()
     engine.write_text("hcm_filter_groups: 4\n")
     out2 = tmp_path / "out2"
-    result = lcd("convert", pt, "-o", out2, "--config", engine)
+    result = lcd("convert", pt, "-o", out2, "--model-config", engine)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out2.iterdir()) == ["evo2-7b-8k.yml", "lcd.convert.yaml",
                                                       "model.safetensors"]
+    alias = lcd("convert", pt, "-o", tmp_path / "out3", "--config", engine)
+    assert alias.exit_code == 0 and (tmp_path / "out3" / "evo2-7b-8k.yml").is_file()
 
 
 def test_separate_state_dicts_load_one_by_one(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ Loading: :func:`lcd_cli.io.torch_load.load_state_dict` (``weights_only=True``, `
 Output (one :class:`~lcd_cli.io.transaction.OutputTransaction`: the folder appears whole or
 not at all; an existing one is replaced only with ``force``): ``model.safetensors``, or, above
 ``max_shard_size`` bytes, ``model-00001-of-0000N.safetensors`` ... plus
-``model.safetensors.index.json``; the config file(s) (``--config``, else a ``config.json`` or
+``model.safetensors.index.json``; the config file(s) (``--model-config``, else a ``config.json`` or
 ``NAME.yml`` / ``NAME.yaml`` beside the input); and ``lcd.convert.yaml`` (:data:`RECORD_NAME`):
 the sources with their sha256, the wrapper key unwrapped, the dropped keys, the tied tensors,
 the shards. Dtypes and bytes are preserved exactly (each tensor's raw bytes are copied).
@@ -206,7 +206,7 @@ def _sha256(path: Path) -> str:
 
 
 def config_files(sources: Sources, config: Path | None) -> list[Path]:
-    """``--config`` if given, else the configs beside the input (config.json, NAME.yml/.yaml)."""
+    """``--model-config`` if given, else the configs beside the input (config.json, NAME.yml/.yaml)."""
     if config is not None:
         _check_regular(config)
         if config.name in (RECORD_NAME, SINGLE, INDEX) or config.name.endswith(".safetensors"):
