@@ -206,7 +206,8 @@ def _sha256(path: Path) -> str:
 
 
 def config_files(sources: Sources, config: Path | None) -> list[Path]:
-    """``--model-config`` if given, else the configs beside the input (config.json, NAME.yml/.yaml)."""
+    """``--model-config`` if given, else the configs beside the input (config.json,
+    NAME.yml / NAME.yaml)."""
     if config is not None:
         _check_regular(config)
         if config.name in (RECORD_NAME, SINGLE, INDEX) or config.name.endswith(".safetensors"):
