@@ -320,3 +320,15 @@ def test_sizes_and_shard_plans() -> None:
 def test_a_stem_without_parts_is_no_such_file(tmp_path: Path) -> None:
     with pytest.raises(LcdError, match="no split parts"):
         resolve_sources([tmp_path / "nothing.pt"])
+
+
+def test_a_converted_folder_distills_and_keeps_its_record(pt: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "evo2"
+    assert lcd("convert", pt, "-o", folder, "--max-shard-size", "20kB").exit_code == 0
+    out = tmp_path / "evo2-lcd"
+    result = lcd("distill", folder, "--family", "evo2-mr", "--order", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (out / "lcd.convert.yaml").read_text() == (folder / "lcd.convert.yaml").read_text()
+    with open_checkpoint(out) as ckpt:
+        assert "blocks.1.filter.ssm.poles" in ckpt and "blocks.1.filter.h" not in ckpt
+        assert raw(ckpt.get("unembed.weight")) == raw(ckpt.get("embedding_layer.weight"))
