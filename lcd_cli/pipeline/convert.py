@@ -341,7 +341,7 @@ def convert(args: list[Path], output: Path, *, config: Path | None = None,
             "lcd_version": __version__,
             "command": command,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sources": [{"path": str(f), "bytes": sizes[f], "sha256": digests[f]}
+            "sources": [{"path": str(f.absolute()), "bytes": sizes[f], "sha256": digests[f]}
                         for f in sources.files],
             "split": {"parts": len(sources.files), "joined": join} if sources.split else None,
             "wrapper": wrapper,
