@@ -92,6 +92,8 @@ def _listing(items: list[str]) -> str:
 
 
 def _type_name(value: object) -> str:
+    if isinstance(value, InertObject):
+        return "Transformer Engine recipe object"
     t = type(value)
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
