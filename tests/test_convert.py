@@ -106,21 +106,23 @@ def test_convert_pt_to_a_folder_lcd_reads(pt: Path, tmp_path: Path) -> None:
     assert families == {"evo2-li", "evo2-mr", "evo2-se"}
 
 
-@pytest.mark.parametrize("naming", ["first", "stem", "all-shuffled"])
-def test_byte_split_parts_are_joined_in_order(pt: Path, tmp_path: Path, naming: str) -> None:
-    parts = split(pt, 3)
+@pytest.mark.parametrize(("naming", "pieces"), [("first", 3), ("stem", 3), ("all-shuffled", 3),
+                                               ("stem", 12)])  # part10 after part9
+def test_byte_split_parts_are_joined_in_order(pt: Path, tmp_path: Path, naming: str,
+                                              pieces: int) -> None:
+    parts = split(pt, pieces)
     args = {"first": [parts[0]], "stem": [pt],
-            "all-shuffled": random.Random(1).sample(parts, 3)}[naming]
+            "all-shuffled": random.Random(1).sample(parts, pieces)}[naming]
     out = tmp_path / "joined"
     result = lcd("convert", *args, "-o", out)
     assert result.exit_code == 0, result.output
-    assert "3 part(s) joined in order" in result.output
+    assert f"{pieces} part(s) joined in order" in result.output
     assert_same_tensors(out, tensors_of(evo2_state()))
     record = yaml.safe_load((out / "lcd.convert.yaml").read_text())
     assert [s["path"] for s in record["sources"]] == [str(p) for p in parts]
     assert [s["sha256"] for s in record["sources"]] == [
         hashlib.sha256(p.read_bytes()).hexdigest() for p in parts]
-    assert record["split"] == {"parts": 3, "joined": True}
+    assert record["split"] == {"parts": pieces, "joined": True}
     assert leftovers(tmp_path) == []  # the joined temporary is gone
 
 
