@@ -47,6 +47,8 @@ from lcd_cli.io.signals import run_terminable
 from lcd_cli.numerics.compressibility import FLOOR_ORDERS
 from lcd_cli.pipeline import progress as progress_events
 from lcd_cli.pipeline.aliases import aliases_of, resolve_family
+from lcd_cli.pipeline.convert import convert as convert_checkpoint
+from lcd_cli.pipeline.convert import parse_size
 from lcd_cli.pipeline.distill import run_distill
 from lcd_cli.pipeline.inspect import inspect_checkpoint
 from lcd_cli.pipeline.plan import plan_distill
@@ -672,6 +674,95 @@ def example(
     if _level(ctx) > QUIET:
         err.print(f"wrote {', '.join(str(f) for f in files)} ({len(tensors)} tensors)",
                   highlight=False, markup=False)
+
+
+@command(cls=_Command)
+def convert(
+    ctx: typer.Context,
+    sources: Annotated[list[Path], typer.Argument(
+        metavar="MODEL.pt", help="A .pt file; a split checkpoint's first part "
+        "(NAME.pt.part0), its stem (NAME.pt) or every part; or several .pt state dicts.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
+    config: Annotated[Path | None, typer.Option(
+        "--model-config", "--config", help="The model's config to copy into the folder (e.g. "
+        "the engine's YAML, evo2-7b-8k.yml); default: config.json, config.yaml or NAME.yml / "
+        "NAME.yaml beside the input. (--config: the same; elsewhere --config is a family "
+        "config.)")] = None,
+    max_shard_size: Annotated[str, typer.Option(
+        "--max-shard-size", help="Largest shard: bytes or a size with a unit (5GB = 5e9 bytes, "
+        "500MiB); above it the folder holds model-0000i-of-0000n.safetensors and "
+        "model.safetensors.index.json.")] = "5GB",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing FOLDER.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert torch .pt checkpoints (e.g. Evo 2's) into a safetensors model folder.
+
+    Safe: files are read with torch.load(weights_only=True, mmap=True, map_location="cpu"),
+    which builds tensors only and never runs code from the file; anything else (a custom
+    class, nested dicts, non-tensor values) is refused with an error naming every offending
+    key. A wrapper {"model": {...}} or {"state_dict": {...}} is unwrapped when unambiguous.
+    Transformer Engine _extra_state entries (fp8 scaling state) are dropped and listed.
+
+    Split checkpoints (NAME.pt.part0, part1, ...) are byte pieces of one file, as upstream
+    (evo2) joins them: they are joined in order into a temporary file inside the output's
+    temporary folder, removed at the end; missing parts are listed. Tied tensors (shared
+    storage, e.g. a tied unembedding) are each written as their own tensor, and the tie
+    recorded.
+
+    Output, written as one unit (nothing partial on an error or Ctrl-C; an existing FOLDER
+    only with --force): model.safetensors or shards plus an index, dtypes and bytes
+    unchanged; the config; lcd.convert.yaml (sources with sha256, dropped keys, ties,
+    shards). Several whole .pt files are read one at a time as parts of one state dict.
+    Memory: tensors are memory-mapped and copied one at a time, so no copy of the model is
+    held (about the largest tensor at most). Then: `lcd inspect FOLDER`, `lcd distill FOLDER`.
+    """
+    level = _level(ctx)
+    with _errors(ctx):
+        limit = parse_size(max_shard_size)
+        result = convert_checkpoint(
+            sources, output, config=config, max_shard_size=limit, force=force,
+            command=shlex.join(["lcd", *sys.argv[1:]]),
+            on_step=(lambda msg: err.print(msg, highlight=False, markup=False))
+            if level >= VERBOSE else None)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if level > QUIET:
+        _convert_summary(result)
+
+
+def _convert_summary(result: dict[str, Any]) -> None:
+    t = result["tensors"]
+    dtypes = ", ".join(f"{n} {d}" for d, n in t["dtypes"].items())
+    shards = result["shards"]
+    err.print(f"wrote {result['output']}: {t['count']} tensors ({dtypes}), {t['bytes']:,} bytes "
+              f"in {len(shards)} shard(s)" + (f" + {result['index']}" if result["index"] else "")
+              + (f"; config {', '.join(result['configs'])}" if result["configs"] else ""),
+              highlight=False, markup=False, soft_wrap=True)
+    if result["split"]:
+        err.print(f"split checkpoint: {result['split']['parts']} part(s)"
+                  + (" joined in order (byte pieces of one .pt file, as upstream joins them)"
+                     if result["split"]["joined"] else ", each a whole state dict, loaded one "
+                     "by one"),
+                  highlight=False, markup=False)
+    if result["wrapper"]:
+        w = result["wrapper"]
+        err.print(f"the state dict was nested under '{w['key']}'; ignored beside it: "
+                  f"{', '.join(w['ignored']) or '-'}", highlight=False, markup=False,
+                  soft_wrap=True)
+    d = result["dropped"]
+    if d["count"]:
+        more = f" and {d['count'] - len(result['dropped_examples'])} more" \
+            if d["count"] > len(result["dropped_examples"]) else ""
+        err.print(f"dropped {d['count']} _extra_state entr{'y' if d['count'] == 1 else 'ies'} "
+                  f"(Transformer Engine fp8 state): {', '.join(result['dropped_examples'])}"
+                  f"{more}", highlight=False, markup=False, soft_wrap=True)
+    for g in result["tied"]:
+        err.print(f"tied (shared storage): {', '.join(g['names'])}; each name written as its own tensor",
+                  highlight=False, markup=False, soft_wrap=True)
+    for note in result["notes"]:
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"record: {result['record']}", highlight=False, markup=False)
 
 
 @command(cls=_Command)

@@ -355,3 +355,96 @@ def test_cli_example_sharded_layout(tmp_path: Path) -> None:
     assert {(r["name"], r["family"], r["distill"]) for r in rows} == {
         (p, cfg, cfg != "evo2-se") for cfg, ps in KINDS.items() for p in ps}
     assert {r["channels"] for r in rows} == {64}
+
+
+# ---------------------------------------------------------------- MR taps precision (vortex bf16)
+
+
+def bf16_round(w: torch.Tensor) -> torch.Tensor:
+    """float32 -> bfloat16 -> float64 by hand: round the float32 bits to their top 16, to
+    nearest, ties to even (independent of torch's own cast; finite values)."""
+    bits = w.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    lsb = (bits >> 16) & 1
+    rounded = ((bits + 0x7FFF + lsb) >> 16) << 16
+    signed = torch.where(rounded >= 2**31, rounded - 2**32, rounded).to(torch.int32)
+    return signed.view(torch.float32).to(torch.float64)
+
+
+def mr_layers(path: Path, sets: dict[str, object] | None = None) -> tuple[object, dict]:
+    ckpt = open_checkpoint(path)
+    found = select_configs(ckpt, family="evo2-mr", sets=sets)
+    return ckpt, {la.prefix: la for _, ls in found for la in ls}
+
+
+def test_taps_dtype_bfloat16_rounds_the_taps_as_the_engine_does(write_ckpt) -> None:
+    tensors = make_example("evo2", seed=3, **SIZES)  # float32 taps
+    path = write_ckpt(tensors)
+    ckpt, exact = mr_layers(path)
+    _, f32 = mr_layers(path, {"taps_dtype": "float32"})
+    _, engine = mr_layers(path, {"taps_dtype": "bfloat16"})
+    for prefix in KINDS["evo2-mr"]:
+        layer = engine[prefix]
+        assert layer.config.options["taps_dtype"] == "bfloat16"
+        assert layer.sources["taps_dtype"] == "cli (--set)"
+        w = tensors[f"{prefix}.h"]  # (G, 1, K) float32
+        h32, _ = materialize(ckpt, exact[prefix])
+        assert torch.equal(materialize(ckpt, f32[prefix])[0], h32)  # float32 taps: unchanged
+        h16, _ = materialize(ckpt, layer)
+        assert torch.equal(h32, torch.from_numpy(naive_taps(w.double().numpy(), 12, flip=False)))
+        want = torch.from_numpy(naive_taps(bf16_round(w).numpy(), 12, flip=False))
+        assert torch.equal(h16, want)  # exactly the bf16 rounding, nothing else
+        assert not torch.equal(h16, h32)
+        normal = h32.abs() >= 2.0**-126  # (subnormals have no relative bound)
+        assert ((h16 - h32).abs() <= 2.0**-8 * h32.abs())[normal].all()  # bf16: u = 2^-8
+
+
+def test_float32_taps_warn_with_the_gap_the_engine_cast_makes(tmp_path: Path) -> None:
+    tensors = make_example("evo2", seed=3, **SIZES)
+    src = write_example(tensors, tmp_path / "evo2.safetensors")[0]
+    result = lcd("distill", src, "--family", "evo2-mr", "--order", "2", "-o",
+                 tmp_path / "out.safetensors", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = yaml.safe_load((tmp_path / "out.report.yaml").read_text())
+    rows = {r["name"]: r for r in report["layers"]}
+    for prefix in KINDS["evo2-mr"]:
+        w = tensors[f"{prefix}.h"].double()
+        gap = float((w - bf16_round(w)).norm() / w.norm())
+        assert 1e-4 < gap < 4e-3  # bf16 keeps 8 significant bits
+        line = f"warning: {prefix}: the engine casts these taps to bfloat16"
+        assert line in " ".join(result.output.split())
+        assert f"{gap:.2e} away" in rows[prefix]["warnings"][0]
+        assert rows[prefix]["generator_info"]["engine_taps_rel_diff"] == pytest.approx(gap)
+        assert any(w.startswith(f"{prefix}: ") and f"{gap:.2e}" in w for w in report["warnings"])
+        assert report["layer_options"][prefix]["options"]["taps_dtype"] == "stored"
+        assert "from the stored F32 taps fitted here" in rows[prefix]["warnings"][0]
+    quiet = lcd("distill", src, "--family", "evo2-mr", "--order", "2", "-o",
+                tmp_path / "bf.safetensors", "--device", "cpu", "--set", "taps_dtype=bfloat16")
+    assert quiet.exit_code == 0, quiet.output
+    assert "warning" not in quiet.output
+    bf_report = yaml.safe_load((tmp_path / "bf.report.yaml").read_text())
+    assert bf_report["warnings"] == []
+    assert bf_report["layer_options"]["blocks.1.filter"]["options"]["taps_dtype"] == "bfloat16"
+    verify = lcd("verify", tmp_path / "bf.safetensors", "-r", src, "--tol", "0.3")
+    assert verify.exit_code == 0, verify.output
+
+
+def test_no_warning_where_the_engine_keeps_the_taps(write_ckpt) -> None:
+    from lcd_cli.families.kernels import MATERIALIZERS
+    from lcd_cli.families.view import LayerView
+
+    stored_bf16 = write_ckpt(make_example("evo2", seed=3, dtype="bf16", **SIZES), name="b.st")
+    ckpt, layers = mr_layers(stored_bf16)  # bf16 taps: the engine's cast changes nothing
+    taps = MATERIALIZERS["grouped-taps"]
+    for layer in layers.values():
+        view = LayerView(ckpt, layer)
+        assert taps.warnings(view, layer.config.options) == []
+        assert taps.info(view, layer.config.options)["engine_taps_rel_diff"] == 0.0
+    ckpt, layers = mr_layers(write_ckpt(make_example("evo2", seed=3, **SIZES)))
+    layer = layers["blocks.1.filter"]
+    view = LayerView(ckpt, layer)
+    assert taps.warnings(view, layer.config.options)  # float32 (4, 1, 128): cast
+    kept = {**layer.config.options, "engine_keeps_shapes": [[4, 1, 128]]}  # as (4096, 1, 128)
+    assert taps.warnings(view, kept) == [] and taps.info(view, kept) == {}
+    assert taps.warnings(view, {**layer.config.options, "engine_taps_dtype": None}) == []
+    assert taps.check_options({"taps_dtype": "float8"}) and taps.check_options(
+        {"engine_keeps_shapes": [4096, 1, 128]})

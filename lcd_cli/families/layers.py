@@ -286,6 +286,11 @@ def generator_info(ckpt: Checkpoint, layer: Layer) -> dict[str, Any]:
     return _materializer(layer.config).info(LayerView(ckpt, layer), layer.config.options)
 
 
+def generator_warnings(ckpt: Checkpoint, layer: Layer) -> list[str]:
+    """The materializer's warnings about the layer (may load small tensors)."""
+    return list(_materializer(layer.config).warnings(LayerView(ckpt, layer), layer.config.options))
+
+
 def source_modes(ckpt: Checkpoint, layer: Layer) -> torch.Tensor | None:
     """Poles (C, M) of the layer's own diagonal realization, for SSM-parameterised sources
     (an extra start of the order-reduction fit); None for other generators."""

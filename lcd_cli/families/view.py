@@ -73,6 +73,7 @@ class LayerView:
                            "--family?")
         return self.ckpt.info(self.key(rel)).shape
 
-    def get(self, rel: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def get(self, rel: str, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+        """A tensor of the layer, in ``dtype`` (None: the file's own dtype)."""
         self.shape(rel)  # clear error when missing
         return self.ckpt.get(self.key(rel), dtype)

@@ -506,11 +506,13 @@ def write_safetensors(path: Path, entries: list[OutEntry], metadata: dict[str, s
         os.fsync(out.fileno())
 
 
-def _tensor_bytes(value: torch.Tensor) -> bytes:
+def _tensor_bytes(value: torch.Tensor) -> memoryview:
+    """A contiguous tensor's bytes without a copy (a view of its memory, which may be a file
+    mapped by ``torch.load(mmap=True)``): writing it costs no memory beyond the tensor."""
     flat = value.reshape(-1)
     if flat.numel() == 0:
-        return b""
-    return flat.view(torch.uint8).numpy().tobytes()  # native little-endian on supported hosts
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())  # native little-endian on supported hosts
 
 
 def _copy_range(info: TensorInfo, out: IO[bytes]) -> None:

@@ -14,7 +14,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from lcd_cli.families.layers import channel_count, generator_info, materialize, source_modes
+from lcd_cli.families.layers import (
+    channel_count,
+    generator_info,
+    generator_warnings,
+    materialize,
+    source_modes,
+)
 from lcd_cli.families.spec import FamilyConfig
 from lcd_cli.families.view import Layer
 from lcd_cli.io.checkpoint import Checkpoint
@@ -112,6 +118,8 @@ class CausalKind(LayerKind):
             stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
         if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, cond(V)
             stats["generator_info"] = facts
+        if notes := generator_warnings(ckpt, planned.layer):  # e.g. the engine's precision
+            stats["warnings"] = notes
         return LayerResult(planned.name, {PART: (poles, residues)}, stats)
 
     def verify(self, distilled: Checkpoint, ref: Checkpoint, layers: list[Layer],

@@ -67,6 +67,9 @@ def run_distill(
 
     def layer_done(res: LayerResult) -> None:
         tell("layer", stats=res.stats)
+        for note in res.stats.get("warnings", []):  # the materializer's (e.g. engine precision)
+            if progress:
+                progress.warn(f"{res.name}: {note}")
         if on_layer:
             on_layer(res)
 

@@ -85,6 +85,7 @@ def build_report(plan: DistillPlan, results: list[LayerResult], shared: list[Sha
         "layer_options": {p.name: layer_options(p.layer) for p in plan.layers},
         "layers": layers,
         "skipped": plan.skipped,
+        "warnings": [f"{s['name']}: {w}" for s in layers for w in s.get("warnings", [])],
         "totals": {
             "layers": len(layers),
             "ssm_params": total_params,

@@ -58,6 +58,12 @@ class Materializer:
         conditioning of its eigenvectors); shown by ``lcd inspect``. Empty by default."""
         return {}
 
+    def warnings(self, view: LayerView, options: dict[str, Any]) -> list[str]:
+        """What the user should know about this layer before trusting the fit (e.g. that the
+        engine runs the generator at a lower precision than the one materialized, and by how
+        much); shown by ``lcd distill`` and recorded in its report. Empty by default."""
+        return []
+
     def modes(self, view: LayerView, options: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
         """For a layer that already is a diagonal SSM: poles and residues (C, M) complex128
         with kernel[c, t] = Re sum_m R[c, m] p[c, m]^t exactly (the fitter's extra start for

@@ -18,12 +18,25 @@ The stored weight w is (G, 1, K) (vortex ``HyenaCascade.h``, expanded to C rows 
     Hyena-SE): y[t] = sum_k w[k] u[t + k - (K-1)], so h[c, tau] = w[c // (C/G), K-1-tau].
 Hyena-MR weights are stored already decayed: savanna's ExplicitSingleDecayFilter computes
 h * exp(-r_c t') (t' = linspace(0, 1, K)) and the converter to vortex bakes that product into h.
+
+Precision (options ``taps_dtype``, ``engine_taps_dtype``, ``engine_keeps_shapes``): the stored
+taps are rounded to ``taps_dtype`` (``stored``, the default: the file's values exactly, float32
+for Evo 2) before the kernel is formed in float64. An engine may run other values than those stored:
+vortex's ``load_checkpoint`` (``StripedHyena.to_bfloat16_except_pr_lc``) casts every parameter
+to bfloat16 except names containing ``log_poles`` / ``residues`` and shapes (4096, 1, 128), so
+Evo 2's (256, 1, 128) MR taps run in bfloat16. ``engine_taps_dtype`` records that cast (null:
+the engine keeps the stored taps) and ``engine_keeps_shapes`` the stored shapes it leaves alone;
+``taps_dtype: bfloat16`` then materializes exactly the taps the engine runs (torch's
+round-to-nearest-even from the stored dtype, as the engine's own cast). When ``taps_dtype``
+differs from the engine's cast, :meth:`GroupedTapsKernel.warnings` says how far apart the two
+sets of taps are on that layer (relative l2 over its G x K taps).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
@@ -31,6 +44,10 @@ from lcd_cli.families.kernels.base import Materializer, OptionSpec, resolve_leng
 from lcd_cli.families.view import LayerView
 
 ORIENTATIONS = ("convolution", "cross-correlation")
+# taps_dtype / engine_taps_dtype values -> the torch dtype the taps are rounded to
+TAPS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                       "float16": torch.float16}
+STORED = "stored"  # taps_dtype: the stored values, not rounded
 
 
 def group_channels(view: LayerView, rows: int, rel: str, width_key: str | None = None,
@@ -60,6 +77,9 @@ class GroupedTapsKernel(Materializer):
         "channels_key": ((str, type(None)), None),
         "channels_divisor": ((int,), 1),
         "length": ((int, type(None)), None),
+        "taps_dtype": ((str,), STORED),
+        "engine_taps_dtype": ((str, type(None)), None),
+        "engine_keeps_shapes": ((list,), []),
     }
 
     def check_options(self, given: dict[str, Any]) -> list[str]:
@@ -71,6 +91,17 @@ class GroupedTapsKernel(Materializer):
         divisor = given.get("channels_divisor", 1)
         if isinstance(divisor, int) and divisor < 1:
             problems.append(f"option 'channels_divisor' must be at least 1, got {divisor}")
+        for name, extra in (("taps_dtype", (STORED,)), ("engine_taps_dtype", ())):
+            value = given.get(name)
+            if isinstance(value, str) and value not in (*extra, *TAPS_DTYPES):
+                problems.append(f"option '{name}' must be one of "
+                                f"{', '.join((*extra, *TAPS_DTYPES))}"
+                                f"{' or null' if not extra else ''}, got {value!r}")
+        shapes = given.get("engine_keeps_shapes", [])
+        if isinstance(shapes, list) and not all(
+                isinstance(sh, list) and all(type(n) is int for n in sh) for sh in shapes):
+            problems.append(f"option 'engine_keeps_shapes' must be a list of shapes (lists of "
+                            f"ints), got {shapes!r}")
         return problems
 
     def _taps(self, view: LayerView, options: dict[str, Any]) -> tuple[int, int]:
@@ -92,8 +123,55 @@ class GroupedTapsKernel(Materializer):
     def kernel(self, view: LayerView, options: dict[str, Any]) -> Tensor:
         channels, length = self.shape(view, options)
         groups, taps = self._taps(view, options)
-        w = view.get(options["key"]).reshape(groups, taps)  # (G, K)
+        w = self._rounded(view, options, options["taps_dtype"]).reshape(groups, taps)  # (G, K)
         if options["orientation"] == "cross-correlation":
             w = w.flip(-1)  # (G, K): h[tau] = w[K-1-tau]
         h = w.repeat_interleave(channels // groups, dim=0)  # (C, K)
         return h[:, :length].contiguous()  # (C, L)
+
+    def _rounded(self, view: LayerView, options: dict[str, Any], dtype: str) -> Tensor:
+        """The stored taps rounded to ``dtype`` (as ``Tensor.to`` rounds: to nearest even;
+        ``stored``: not rounded), then widened exactly to float64, in the stored shape."""
+        if dtype == STORED:
+            return view.get(options["key"])  # float64, exact
+        stored = view.get(options["key"], dtype=None)  # the file's dtype
+        return stored.to(TAPS_DTYPES[dtype]).to(torch.float64)
+
+    def _engine_cast(self, view: LayerView, options: dict[str, Any]) -> str | None:
+        """The dtype the engine casts this layer's stored taps to, or None when it keeps them."""
+        engine = options["engine_taps_dtype"]
+        shape = list(view.shape(options["key"]))
+        if engine is None or shape in [list(s) for s in options["engine_keeps_shapes"]]:
+            return None
+        return str(engine)
+
+    def _engine_gap(self, view: LayerView, options: dict[str, Any]) -> float | None:
+        """Relative l2 distance of the taps used here from the taps the engine runs, over
+        the layer's G x K taps; None when the engine keeps the stored taps."""
+        engine = self._engine_cast(view, options)
+        if engine is None:
+            return None
+        used = self._rounded(view, options, options["taps_dtype"])
+        ran = self._rounded(view, options, engine)
+        return float((used - ran).norm() / used.norm().clamp_min(1e-300))
+
+    def info(self, view: LayerView, options: dict[str, Any]) -> dict[str, Any]:
+        gap = self._engine_gap(view, options)
+        if gap is None:
+            return {}
+        return {"engine_taps_dtype": self._engine_cast(view, options),
+                "engine_taps_rel_diff": gap}
+
+    def warnings(self, view: LayerView, options: dict[str, Any]) -> list[str]:
+        engine = self._engine_cast(view, options)
+        gap = self._engine_gap(view, options)
+        if engine is None or gap is None or gap == 0.0 or engine == options["taps_dtype"]:
+            return []
+        groups, taps = self._taps(view, options)
+        used = options["taps_dtype"]
+        used = f"stored {view.ckpt.info(view.key(options['key'])).dtype}" if used == STORED else used
+        return [f"the engine casts these taps to {engine} when it loads them, so it runs taps "
+                f"{gap:.2e} away (relative l2 over the layer's {groups} x {taps} taps) from "
+                f"the {used} taps fitted here; a fit closer than that is "
+                f"measured against taps the engine does not run. --set taps_dtype={engine} "
+                "fits the engine's taps"]
