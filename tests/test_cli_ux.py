@@ -169,6 +169,19 @@ def test_report_follows_the_output(run: dict[str, Path]) -> None:
     assert (doc["tol"], doc["tol_source"], doc["report"]) == (0.3, "report", str(run["report"]))
 
 
+def test_relative_paths_in_the_current_folder(write_ckpt, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """`lcd distill m.safetensors` then `lcd verify m.lcd.safetensors -r m.safetensors`, run
+    where the files are (plain names, parent '.'), finds the report beside the output."""
+    src = write_ckpt(make_example("hyenadna", **TINY), name="m.safetensors")
+    monkeypatch.chdir(src.parent)
+    assert lcd("distill", "m.safetensors", "--tol", "0.3", "--max-order", "4", "--device",
+               "cpu").exit_code == 0
+    doc = json.loads(lcd("verify", "m.lcd.safetensors", "-r", "m.safetensors", "--json").stdout)
+    assert doc["tol_source"] == "report" and Path(doc["report"]).name == "m.lcd.report.yaml"
+    assert report_path_for(Path(".")) == src.parent.with_name(src.parent.name + ".report.yaml")
+
+
 def test_verify_pairs_report_and_source_by_sha256(run: dict[str, Path]) -> None:
     third = run["root"] / "third.safetensors"
     if not third.exists():

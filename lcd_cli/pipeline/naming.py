@@ -22,6 +22,8 @@ REPORT_SUFFIX = ".report.yaml"
 def report_path_for(output: Path) -> Path:
     """The default report of an output file or folder: ``<output stem>.report.yaml`` beside it."""
     output = Path(output)
+    if output.name in ("", "..") or output.name == ".":  # "." / "..": the folder they name
+        output = output.resolve()
     return output.with_name(output.name.removesuffix(SUFFIX) + REPORT_SUFFIX)
 
 
