@@ -399,16 +399,20 @@ def test_restart_starts_share_one_hankel_svd() -> None:
     assert torch.equal(u_big[..., :8], u_small)
 
 
-def test_kernel_longer_than_the_refinement_window_is_fitted_over_its_tail(tmp_path) -> None:
-    """A HyenaDNA kernel at L = 200,003 (three refinement windows) keeps energy in its slowly
-    varying tail (the 0.05 window shift). The decimated-kernel start sees the tail: N = 8 fits
-    every channel within 0.15 (starts from the first 65536 samples alone reached 0.2-0.75),
-    and the reported error is the direct float64 error of the returned parameters."""
+@pytest.mark.parametrize(("length", "worst"), [(20_001, 0.12), (200_003, 0.15)],
+                         ids=["L20001", "L200003"])
+def test_kernel_longer_than_the_era_window_is_fitted_over_its_tail(tmp_path, length: int,
+                                                                   worst: float) -> None:
+    """A HyenaDNA kernel longer than the ERA window (8192; at 200,003 also three refinement
+    windows) keeps energy in its slowly varying tail (the 0.05 window shift). The
+    decimated-kernel start sees the tail: N = 8 fits every channel within `worst` (starts from
+    the first 8192 samples alone left the worst channel at 0.23 and 0.74), and the reported
+    error is the direct float64 error of the returned parameters."""
     path = tmp_path / "m.safetensors"
-    write_example(make_example("hyenadna", d_model=4, n_layers=1, l_max=200_003), path)
+    write_example(make_example("hyenadna", d_model=4, n_layers=1, l_max=length), path)
     with open_checkpoint(path) as ckpt:
-        h, _ = materialize(ckpt, select_configs(ckpt)[0][1][0])  # (4, 200003)
+        h, _ = materialize(ckpt, select_configs(ckpt)[0][1][0])  # (4, L)
     fit = fit_modal(h, 8)
     direct = torch.linalg.vector_norm(h - modal_kernel(fit.poles, fit.residues, h.shape[1]), dim=-1)
     assert torch.allclose(fit.rel_l2, direct / torch.linalg.vector_norm(h, dim=-1), rtol=1e-6)
-    assert float(fit.rel_l2.max()) <= 0.15, fit.rel_l2
+    assert float(fit.rel_l2.max()) <= worst, fit.rel_l2
