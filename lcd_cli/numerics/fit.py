@@ -824,8 +824,15 @@ def _fit_chunk(
         # decimated kernel does. It is scored as it is: refining it again costs a second LM
         # run for little (HyenaDNA, L = 65536, N = 16: worst 1.36e-2 -> 1.28e-2, +30 % time),
         # and on a head-only window (L > _REFINE_WINDOW) trades the tail away again.
-        s2 = _coarse_start(h, order, seed, refine_iters)  # (C, N)
-        best = _keep_better(best, _finish(h, s2, float32))
+        # Channels already at the normal equations' resolution (an exact modal source) skip it.
+        rel = _relative(best[2], h)  # (C,)
+        idx = (rel > _FROZEN_REL).nonzero()[:, 0]  # (Cb,)
+        if idx.numel():
+            hb = h[idx]  # (Cb, L)
+            merged = _keep_better((best[0][idx], best[1][idx], best[2][idx]),
+                                  _finish(hb, _coarse_start(hb, order, seed, refine_iters),
+                                          float32))
+            best[0][idx], best[1][idx], best[2][idx] = merged
     poles, res, err = best
     # Channels far worse than the chunk's median restart from other ERA starts (_RESTARTS):
     # second-half candidates, reflected instead of clamped poles, realizations of other ranks;
