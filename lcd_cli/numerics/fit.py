@@ -51,7 +51,8 @@ Method:
    engines do over the first _F32_WINDOW samples (`_f32_guard`); channels where that adds
    more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN)
    are re-solved with a penalty modelled on the complex64 evaluation error, with near-real
-   poles snapped onto or moved off the real axis, and keep the candidate with the lowest
+   poles snapped onto or moved off the real axis and close pole pairs moved apart (a fake
+   double pole at any angle), and keep the candidate with the lowest
    complex64-evaluated error. Other channels keep their parameters bit for bit.
 5. Parallel fitting: the chunks are independent jobs (`lcd_cli.numerics.parallel`); worker
    processes with one torch thread each give bit for bit the in-process results.
@@ -125,6 +126,10 @@ _SNAP_SIN = 1e-3
 # complex64 resolves; balancing the two errors gives phi ~ (u pi / t)^(1/3), 1e-3..1e-2 for
 # memories t of 10..1000 steps (u the float32 unit roundoff), so a geometric grid around it.
 _PUSH_ANGLES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# The same for two distinct poles closer than a separation d of this grid in log-pole space
+# (|log p_i - log p_j| < d): a fake double pole at a complex q, A (q_i^t - q_j^t) ~ A d t q^t,
+# moved apart to d about their midpoint, which bounds their residues to ~ 1 / d.
+_SPREAD_DISTANCES = _PUSH_ANGLES
 
 
 @dataclass
@@ -951,6 +956,30 @@ def _push_angle(p: Tensor, phi: float) -> Tensor:
     return torch.polar(p.abs(), angle)
 
 
+def _spread_pairs(p: Tensor, dist: float) -> Tensor | None:
+    """Poles (C, N) with each close pair moved apart to ``dist`` in log-pole space: pairs
+    (i, j) with 0 < |s_i - s_j| < dist (s = log p, nearest first, each pole in one pair) get
+    s_mid +- dist/2 along their own direction, radius capped at _R_MAX. None when no channel
+    has such a pair."""
+    s = torch.log(p)  # (C, N)
+    gap = (s[:, :, None] - s[:, None, :]).abs()  # (C, N, N)
+    close = (gap > 0) & (gap < dist)  # (C, N, N)
+    if not bool(close.any()):
+        return None
+    out = s.clone()  # (C, N)
+    for c in close.any(-1).any(-1).nonzero()[:, 0].tolist():
+        used: set[int] = set()
+        pairs = close[c].nonzero().tolist()  # [[i, j], ...] both orders
+        for i, j in sorted(pairs, key=lambda ij: float(gap[c, ij[0], ij[1]])):
+            if i in used or j in used:
+                continue
+            used |= {i, j}
+            mid, half = (s[c, i] + s[c, j]) / 2, (s[c, i] - s[c, j]) / 2  # complex scalars
+            step = half / half.abs() * (dist / 2)
+            out[c, i], out[c, j] = mid + step, mid - step
+    return _stabilize(torch.exp(out))
+
+
 def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
                ) -> tuple[Tensor, Tensor, Tensor]:
     """Re-solve the channels whose complex64 evaluation is far off their float64 kernel.
@@ -959,10 +988,12 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
     the residues re-solved with the complex64-error penalty (`_weighted_residues`); near-real
     poles (|sin arg p| < _SNAP_SIN) snapped onto the real axis, with the default residue solve
     and with the penalty; near-real poles moved to each angle of _PUSH_ANGLES from the axis,
-    with the penalty. Per channel the one with the lowest complex64-evaluated
-    error on the window is kept, the fitted parameters included (unchanged bit for bit when
-    no candidate beats them); the returned error is the direct float64 one over all of L, as
-    for every fit.
+    and close pole pairs moved apart to each distance of _SPREAD_DISTANCES, with the penalty.
+    Per channel the one with the lowest complex64-evaluated error on the window is kept, the
+    fitted parameters included (unchanged bit for bit when no candidate beats them); the
+    returned error is the direct float64 one over all of L, as for every fit. Skipped
+    (parameters as fitted) where one channel's explicit basis exceeds _LSTSQ_BUDGET
+    (L 2N > 2^24, e.g. N = 64 beyond L = 131072).
 
     Args:
         h: (C, L) float64; poles, res: (C, N) complex128 (complex64 values); err: (C,) direct
@@ -991,6 +1022,11 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
                 pushed = torch.where(near, _push_angle(pc, phi), pc)  # (Cc, N)
                 pushed = pushed.to(torch.complex64).to(torch.complex128)
                 cands.append((pushed, _weighted_residues(hc, pushed)))
+        for d in _SPREAD_DISTANCES:
+            spread = _spread_pairs(pc, d)  # (Cc, N)
+            if spread is not None:
+                spread = spread.to(torch.complex64).to(torch.complex128)
+                cands.append((spread, _weighted_residues(hc, spread)))
         for cp, cr in cands:
             cr = cr.to(torch.complex64).to(torch.complex128)  # (Cc, N) as stored
             score = _f32_errors(hc, cp, cr)[2]  # (Cc,)
