@@ -17,7 +17,7 @@ from lcd_cli.io.checkpoint import open_checkpoint
 from lcd_cli.kinds.base import judge
 from lcd_cli.numerics.checks import F32_PATHS, INPUT_KINDS, verify_layer
 from lcd_cli.numerics.fit import fit_modal
-from lcd_cli.numerics.metrics import rel_l2_f32eval
+from lcd_cli.numerics.metrics import exp_kernel_c64, rel_l2_f32eval
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 from lcd_cli.numerics.ssm import DiagonalSSM, direct_conv, naive_step_loop
 from tests.conftest import SMALL, lcd, naive_modal, rel
@@ -171,3 +171,18 @@ def test_float32_paths_against_naive_references(length: int) -> None:
     row = judge({"name": "x"}, finite=True, pole_abs={"": 0.9}, worst=check.worst, tol=1e-2,
                 reported=None, channels=2, orders=[3], worst_f32=benign.worst_f32)
     assert row["passed"], row["reason"]
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])
+def test_complex64_kernel_of_zero_padding_poles(length: int) -> None:
+    """The two-sided kind pads a half fitted at a lower order with p = 0, R = 0: its complex64
+    kernel is finite and equal to the unpadded one (0^0 = 1, 0^t = 0, no exp(0 * log 0))."""
+    p = torch.tensor([[0.9 * complex(math.cos(0.3), math.sin(0.3)), 0j, 0.4 + 0j]],
+                     dtype=torch.complex64)  # (1, 3)
+    r = torch.tensor([[0.5 + 0.2j, 0j, 1.5 + 0j]], dtype=torch.complex64)  # (1, 3)
+    h = exp_kernel_c64(p, r, length)  # (1, L)
+    assert bool(torch.isfinite(h).all())
+    assert torch.equal(h, exp_kernel_c64(p[:, [0, 2]], r[:, [0, 2]], length))
+    r[0, 1] = 2.0  # a zero pole with a residue: a single tap at t = 0
+    assert torch.allclose(exp_kernel_c64(p, r, length) - h,
+                          2 * torch.eye(1, length, dtype=torch.float32), atol=1e-6)

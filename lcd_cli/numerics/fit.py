@@ -50,7 +50,8 @@ Method:
    kernels 5.7e-4 off, up to 1e1 on double-pole kernels). So the chosen fit is evaluated as
    engines do over the first _F32_WINDOW samples (`_f32_guard`); channels where that adds
    more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN)
-   are re-solved with a penalty modelled on the complex64 evaluation error, with near-real
+   are re-solved with a penalty modelled on the complex64 evaluation error or a stronger
+   Tikhonov term, with near-real
    poles snapped onto or moved off the real axis and close pole pairs moved apart (a fake
    double pole at any angle), and keep the candidate with the lowest
    complex64-evaluated error. Other channels keep their parameters bit for bit.
@@ -130,6 +131,10 @@ _PUSH_ANGLES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 # (|log p_i - log p_j| < d): a fake double pole at a complex q, A (q_i^t - q_j^t) ~ A d t q^t,
 # moved apart to d about their midpoint, which bounds their residues to ~ 1 / d.
 _SPREAD_DISTANCES = _PUSH_ANGLES
+# And the default residue solve with a stronger Tikhonov term, u times these factors: when the
+# penalty model misjudges a basis (e.g. poles near 0 whose residues of 1e6..1e7 cancel over the
+# first taps), trading some float64 accuracy for smaller residues is the plain remedy.
+_STRONGER_RIDGE = (16.0, 256.0, 4096.0)
 
 
 @dataclass
@@ -985,7 +990,8 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
     """Re-solve the channels whose complex64 evaluation is far off their float64 kernel.
 
     Triggered channels (see _F32_GAP_RATIO) get these candidates, all rounded to complex64:
-    the residues re-solved with the complex64-error penalty (`_weighted_residues`); near-real
+    the residues re-solved with the complex64-error penalty (`_weighted_residues`) and with
+    the default penalty made stronger (_STRONGER_RIDGE); near-real
     poles (|sin arg p| < _SNAP_SIN) snapped onto the real axis, with the default residue solve
     and with the penalty; near-real poles moved to each angle of _PUSH_ANGLES from the axis,
     and close pole pairs moved apart to each distance of _SPREAD_DISTANCES, with the penalty.
@@ -1015,6 +1021,8 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
         near = (pc.imag.abs() < _SNAP_SIN * pc.abs()) & (pc.imag != 0)  # (Cc, N)
         snapped = torch.where(near, torch.complex(pc.real, torch.zeros_like(pc.real)), pc)
         cands = [(pc, _weighted_residues(hc, pc))]
+        cands += [(pc, _final_residues(hc, pc, _F32_LAMBDA * k, gram=False))
+                  for k in _STRONGER_RIDGE]
         if bool(near.any()):
             cands += [(snapped, _final_residues(hc, snapped, _F32_LAMBDA, gram=True)),
                       (snapped, _weighted_residues(hc, snapped))]
