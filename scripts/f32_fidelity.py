@@ -24,6 +24,7 @@ Every column but the last is the worst channel. Cases:
   slow       modes close to the unit circle, |p| in (0.999, 0.99999) (long memory)
 
     python scripts/f32_fidelity.py                  # C = 64, M = 16, N = 8, L = 2048
+    python scripts/f32_fidelity.py --no-guard       # the same without the fitter's float32 guard
     python scripts/f32_fidelity.py --length 8192 --cases sh,slow
 Use OMP_NUM_THREADS=1: the figures are deterministic per seed and thread count.
 """
@@ -36,6 +37,7 @@ import time
 
 import torch
 
+import lcd_cli.numerics.fit as fit_module
 from lcd_cli.numerics.fit import fit_modal
 from lcd_cli.numerics.metrics import f32_kernels, rel_l2_f32eval, relative_l2
 from lcd_cli.numerics.modal import from_pairs, modal_kernel, to_pairs
@@ -126,11 +128,16 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=2048, help="most recurrence steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-guard", action="store_true",
+                    help="fit without the float32 guard (fit._f32_guard), as before issue 14")
     args = ap.parse_args()
+    if args.no_guard:
+        fit_module._f32_guard = lambda h, poles, res, err: (poles, res, err)
     head = (f"{'case':<10} {'f64 err':>9} {'f32eval':>9} {'gap':>9} {'rec c64':>9} "
             f"{'rec c128':>9} {'f32/f64':>9} {'sum|R|/max|h|':>13} {'fit s':>6}")
     print(f"C={args.channels} M={args.modes} N={args.order} L={args.length} "
-          f"T={min(args.length, args.steps)} seed={args.seed}  (worst channel per column)")
+          f"T={min(args.length, args.steps)} seed={args.seed} guard={not args.no_guard}  "
+          "(worst channel per column)")
     print(head)
     for case in args.cases.split(","):
         r = run_case(case, args.channels, args.modes, args.order, args.length, args.steps,

@@ -118,6 +118,7 @@ _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the medi
 _F32_WINDOW = 8192
 _F32_GAP_MIN = 1e-6
 _F32_GAP_RATIO = 10.0
+_F32_ROWS = 4096  # channel rows x modes scored at once: (rows, N, 4096) complex64 temporaries
 # Poles within this angle of the real axis (|sin arg p| below it) are candidates for snapping
 # onto it: a near-real pole with a huge imaginary residue fakes a double pole (t p^t), which
 # complex64's log p cannot resolve near arg p = pi (its angle is pi -/+ eps, rounded to 2e-7).
@@ -985,6 +986,22 @@ def _spread_pairs(p: Tensor, dist: float) -> Tensor | None:
     return _stabilize(torch.exp(out))
 
 
+def _candidate_scores(h: Tensor, cands: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Complex64-evaluated error (`_f32_errors`) of K candidate (poles, residues) pairs, each
+    (C, N), against h (C, L): (K, C). Candidates are stacked along the channel axis so that
+    one recurrence loop over the window serves several (its cost is the number of steps), at
+    most _F32_ROWS channel rows x modes at a time (bounded (rows, N, chunk) temporaries)."""
+    c, n = cands[0][0].shape
+    per = max(1, _F32_ROWS // max(1, c * n))  # candidates per batch
+    out = []
+    for start in range(0, len(cands), per):
+        group = cands[start : start + per]
+        p = torch.cat([cp for cp, _ in group])  # (G C, N)
+        r = torch.cat([cr for _, cr in group])  # (G C, N)
+        out.append(_f32_errors(h.repeat(len(group), 1), p, r)[2].view(len(group), c))
+    return torch.cat(out)  # (K, C)
+
+
 def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
                ) -> tuple[Tensor, Tensor, Tensor]:
     """Re-solve the channels whose complex64 evaluation is far off their float64 kernel.
@@ -1016,8 +1033,6 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
     for start in range(0, hit.numel(), step):
         idx = hit[start : start + step]  # (Cc,)
         hc, pc = h[idx], poles[idx]  # (Cc, L), (Cc, N)
-        best_p, best_r, best_score = pc, res[idx], _f32_errors(hc, pc, res[idx])[2]
-        changed = torch.zeros(idx.numel(), dtype=torch.bool, device=h.device)  # (Cc,)
         near = (pc.imag.abs() < _SNAP_SIN * pc.abs()) & (pc.imag != 0)  # (Cc, N)
         snapped = torch.where(near, torch.complex(pc.real, torch.zeros_like(pc.real)), pc)
         cands = [(pc, _weighted_residues(hc, pc))]
@@ -1035,9 +1050,12 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
             if spread is not None:
                 spread = spread.to(torch.complex64).to(torch.complex128)
                 cands.append((spread, _weighted_residues(hc, spread)))
-        for cp, cr in cands:
-            cr = cr.to(torch.complex64).to(torch.complex128)  # (Cc, N) as stored
-            score = _f32_errors(hc, cp, cr)[2]  # (Cc,)
+        stored = [(pc, res[idx])] + [(cp, cr.to(torch.complex64).to(torch.complex128))
+                                     for cp, cr in cands]  # as stored, the fit's own first
+        scores = _candidate_scores(hc, stored)  # (K, Cc)
+        best_p, best_r, best_score = pc, res[idx], scores[0]  # (Cc, N), (Cc, N), (Cc,)
+        changed = torch.zeros(idx.numel(), dtype=torch.bool, device=h.device)  # (Cc,)
+        for (cp, cr), score in zip(stored[1:], scores[1:], strict=True):
             take = (score < best_score) & torch.isfinite(score)  # (Cc,)
             best_p = torch.where(take[:, None], cp, best_p)
             best_r = torch.where(take[:, None], cr, best_r)
