@@ -51,9 +51,8 @@ Method:
    engines do over the first _F32_WINDOW samples (`_f32_guard`); channels where that adds
    more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN)
    are re-solved with a penalty modelled on the complex64 evaluation error or a stronger
-   Tikhonov term, with near-real
-   poles snapped onto or moved off the real axis and close pole pairs moved apart (a fake
-   double pole at any angle), and keep the candidate with the lowest
+   Tikhonov term, with near-real poles snapped onto or moved off the real axis and close pole
+   pairs moved apart (a fake double pole at any angle), and keep the candidate with the lowest
    complex64-evaluated error. Other channels keep their parameters bit for bit.
 5. Parallel fitting: the chunks are independent jobs (`lcd_cli.numerics.parallel`); worker
    processes with one torch thread each give bit for bit the in-process results.
@@ -1008,10 +1007,10 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
 
     Triggered channels (see _F32_GAP_RATIO) get these candidates, all rounded to complex64:
     the residues re-solved with the complex64-error penalty (`_weighted_residues`) and with
-    the default penalty made stronger (_STRONGER_RIDGE); near-real
-    poles (|sin arg p| < _SNAP_SIN) snapped onto the real axis, with the default residue solve
-    and with the penalty; near-real poles moved to each angle of _PUSH_ANGLES from the axis,
-    and close pole pairs moved apart to each distance of _SPREAD_DISTANCES, with the penalty.
+    the default penalty made stronger (_STRONGER_RIDGE); near-real poles (|sin arg p| <
+    _SNAP_SIN) snapped onto the real axis, with the default residue solve and with the
+    penalty; near-real poles moved to each angle of _PUSH_ANGLES from the axis, and close pole
+    pairs moved apart to each distance of _SPREAD_DISTANCES, with the penalty.
     Per channel the one with the lowest complex64-evaluated error on the window is kept, the
     fitted parameters included (unchanged bit for bit when no candidate beats them); the
     returned error is the direct float64 one over all of L, as for every fit. Skipped
