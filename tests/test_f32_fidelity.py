@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 import lcd_cli.numerics.fit as fit_mod
@@ -92,27 +93,35 @@ def _verify_json(*args: object) -> tuple[int, dict]:
     return res.exit_code, json.loads(res.stdout)
 
 
-def test_verify_fails_a_fit_that_cancels_only_in_float64(tmp_path: Path) -> None:
+# Where each layout keeps a layer's (poles, residues): lcd (C, N, 2), the engine's (C, N, 1, 2).
+LAYOUT_KEYS = {"lcd": (f"{LAYER}.ssm.poles", f"{LAYER}.ssm.residues"),
+               "stripedhyena": (f"{LAYER}.poles", f"{LAYER}.residues")}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUT_KEYS))
+def test_verify_fails_a_fit_that_cancels_only_in_float64(tmp_path: Path, layout: str) -> None:
     """The source's own modes written as the distilled layer (the layout's tensors, the run's
     metadata and report, re-saved under a new name): float64 verify passes them (the kernel
     is theirs), the complex64 recurrence and kernel do not, and verify exits 1 saying so.
-    A normal distill of the same source passes both."""
+    A normal distill of the same source passes both, and --record keeps worst_f32."""
     src = cancelling_source(tmp_path)
     out, rep = tmp_path / "out.safetensors", tmp_path / "out.report.yaml"
-    res = lcd("distill", src, "--order", "4", "-L", "96", "-o", out)
+    res = lcd("distill", src, "--order", "4", "-L", "96", "-o", out, "--layout", layout)
     assert res.exit_code == 0, res.output
-    code, good = _verify_json(out, "--reference", src)
+    code, good = _verify_json(out, "--reference", src, "--record")
     assert code == 0, good
     assert all(row["worst_f32"] <= good["tol"] for row in good["layers"])
+    recorded = yaml.safe_load(rep.read_text())["verify"]["layers"]
+    assert [r["worst_f32"] for r in recorded] == [r["worst_f32"] for r in good["layers"]]
     # The fitter's guard moves the fitted fake double pole's poles apart (1e-5 measured; 3e-4
     # without the pole-pair candidates).
     assert next(r for r in good["layers"] if r["name"] == LAYER)["worst_f32"] <= 1e-4
 
     tensors = load_file(out)
     with open_checkpoint(src) as s:
-        tensors[f"{LAYER}.ssm.poles"] = s.get(f"{LAYER}.poles", torch.float32)[:, :, 0].contiguous()
-        tensors[f"{LAYER}.ssm.residues"] = s.get(f"{LAYER}.residues",
-                                                 torch.float32)[:, :, 0].contiguous()
+        for key, name in zip(LAYOUT_KEYS[layout], ("poles", "residues"), strict=True):
+            stored = s.get(f"{LAYER}.{name}", torch.float32)  # (C, N, 1, 2)
+            tensors[key] = stored if layout == "stripedhyena" else stored[:, :, 0].contiguous()
     with open_checkpoint(out) as o:
         meta = dict(o.metadata)
     bad = tmp_path / "bad.safetensors"  # re-saved elsewhere: the report's sha256 is out's
