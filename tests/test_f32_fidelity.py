@@ -19,7 +19,7 @@ from lcd_cli.kinds.base import judge
 from lcd_cli.numerics.checks import F32_PATHS, INPUT_KINDS, verify_layer
 from lcd_cli.numerics.fit import fit_modal
 from lcd_cli.numerics.metrics import exp_kernel_c64, rel_l2_f32eval
-from lcd_cli.numerics.modal import from_pairs, to_pairs
+from lcd_cli.numerics.modal import from_pairs, modal_kernel, to_pairs
 from lcd_cli.numerics.ssm import DiagonalSSM, direct_conv, naive_step_loop
 from tests.conftest import SMALL, lcd, naive_modal, rel
 
@@ -195,3 +195,22 @@ def test_complex64_kernel_of_zero_padding_poles(length: int) -> None:
     r[0, 1] = 2.0  # a zero pole with a residue: a single tap at t = 0
     assert torch.allclose(exp_kernel_c64(p, r, length) - h,
                           2 * torch.eye(1, length, dtype=torch.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])
+def test_gap_model_bounds_the_measured_gap(length: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's screen skips channels whose modelled complex64 gap (`_f32_bound`) cannot
+    reach the trigger, so the model must bound the measured gap, here on fragile fits (double
+    poles, unguarded) and on random modes (16 per channel, fitted with 8)."""
+    g = torch.Generator().manual_seed(3)
+    poles = torch.polar(1 - torch.exp(torch.empty(16, 16, dtype=torch.float64).uniform_(
+        math.log(1e-3), math.log(0.3), generator=g)),
+        torch.empty(16, 16, dtype=torch.float64).uniform_(0, math.pi, generator=g))  # (C, M)
+    res = torch.randn(16, 16, generator=g, dtype=torch.complex128)  # (C, M)
+    random_modes = modal_kernel(poles, res, length)  # (C, L)
+    monkeypatch.setattr(fit_mod, "_f32_guard", lambda h, p, r, e: (p, r, e))
+    for h, order in ((double_pole_kernels(length), 4), (random_modes, 8)):
+        fit = fit_modal(h, order)
+        _, gap, _ = fit_mod._f32_errors(h, fit.poles, fit.residues)  # (C,)
+        model = fit_mod._f32_bound(h, fit.poles, fit.residues, length)  # (C,)
+        assert bool((gap <= model).all()), (gap / model).max()
