@@ -180,6 +180,10 @@ def test_float32_paths_against_naive_references(length: int) -> None:
     row = judge({"name": "x"}, finite=True, pole_abs={"": 0.9}, worst=check.worst, tol=1e-2,
                 reported=None, channels=2, orders=[3], worst_f32=benign.worst_f32)
     assert row["passed"], row["reason"]
+    row = judge({"name": "x"}, finite=True, pole_abs={"": 0.9}, worst=0.5, tol=1e-2,
+                reported=None, channels=2, orders=[3], worst_f32=0.6)  # a bad fit: no advice
+    assert row["reason"] == ("error 5.00e-01 > 1.0e-02; float32 error 6.00e-01 > 1.0e-02 (the "
+                             "complex64 recurrence or kernel that engines run)")
 
 
 @pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])

@@ -115,13 +115,16 @@ class LayerKind:
 
 
 def f32_reason(worst_f32: float, worst: float, tol: float) -> str | None:
-    """The verdict's words when the float32 (complex64) paths miss tol, else None."""
+    """The verdict's words when the float32 (complex64) paths miss tol, else None; the advice
+    on cancelling residues only where the float64 paths pass (else the fit itself is off)."""
     if worst_f32 <= tol:
         return None
-    return (f"float32 error {worst_f32:.2e} > {tol:.1e} (the complex64 recurrence or kernel "
-            f"that engines run; float64 error {worst:.2e}): the residues cancel only in "
-            "float64, refit the layer (lcd distill keeps float32-safe residues) or lower "
-            "the order")
+    what = f"float32 error {worst_f32:.2e} > {tol:.1e} (the complex64 recurrence or kernel " \
+           "that engines run"
+    if not worst <= tol:
+        return what + ")"
+    return (f"{what}; float64 error {worst:.2e}): the residues cancel only in float64, refit "
+            "the layer (lcd distill keeps float32-safe residues) or lower the order")
 
 
 def judge(row: dict[str, Any], *, finite: bool, pole_abs: dict[str, float], worst: float,
