@@ -585,7 +585,9 @@ def verify(
 
     Each layer is driven with seeded white noise, a smooth input and a step, through three
     paths (token by token, prefill then steps, chunked scan); the worst relative output error
-    must be <= TOL, every pole inside the unit circle, and nothing NaN/Inf. Before that, the
+    must be <= TOL, every pole inside the unit circle, and nothing NaN/Inf. The stored float32
+    parameters are also run as engines run them (complex64 recurrence and exp(t log p) kernel;
+    column "float32"), which must be <= TOL too. Before that, the
     report must be this checkpoint's and --reference its source (by sha256). Exit codes:
     0 pass, 1 a layer failed, 2 bad input.
     """
@@ -629,15 +631,17 @@ def engine_check(engine: str, distilled: Path, reference: Path, tol: float | Non
 
 
 def _verify_summary(result: dict[str, Any]) -> None:
-    headers = ["layer", "worst", "|p| max", "finite", "beyond L", "status"]
+    headers = ["layer", "worst", "float32", "|p| max", "finite", "beyond L", "status"]
     rows = []
     for row in result["layers"]:
         beyond = row.get("beyond_length")
-        rows.append([row["name"], _fmt(row["worst"]), f"{row['max_pole_abs']:.6f}",
+        f32 = row.get("worst_f32")
+        rows.append([row["name"], _fmt(row["worst"]), "-" if f32 is None else _fmt(f32),
+                     f"{row['max_pole_abs']:.6f}",
                      str(row["finite"]), _fmt(beyond["deviation"]) if beyond else "-",
                      "ok" if row["passed"] else "FAIL"])
     print_table(err, f"lcd verify (tol {result['tol']:.1e} from {result['tol_source']}, "
-                f"T={result['length']})", headers, rows, left={0, 5})
+                f"T={result['length']})", headers, rows, left={0, 6})
     for row in result["layers"]:
         if not row["passed"]:
             err.print(f"FAIL {row['name']}: {row['reason']}", style="red", highlight=False,

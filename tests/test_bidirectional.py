@@ -327,6 +327,14 @@ def test_cli_end_to_end(tmp_path: Path, name: str) -> None:
         halves = [row["halves"][h]["rel_l2"]["max"] for h in ("fwd", "rev")]
         assert row["rel_l2"]["max"] <= max(halves) * (1 + 1e-9)
         assert row["state_modes"] == 32
+        # As complex64 engines evaluate the stored halves: never better than float64 (beyond
+        # rounding) and within 2x + 1e-5 of it (the fitter's float32 guard).
+        f32 = row["rel_l2_f32eval"]
+        assert f32["window"] == row["length"] and f32["median"] <= f32["max"]
+        for h in ("fwd", "rev"):
+            half, f32_half = row["halves"][h]["rel_l2"], row["halves"][h]["rel_l2_f32eval"]
+            assert 0.999 * half["max"] <= f32_half["max"] <= 2 * half["max"] + 1e-5
+        assert f32["max"] <= 2 * row["rel_l2"]["max"] + 1e-5
     result = lcd("verify", out, "--reference", src, "--json", *VERIFY_TOL[name])
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.stdout)
@@ -334,6 +342,8 @@ def test_cli_end_to_end(tmp_path: Path, name: str) -> None:
     for row in verdict["layers"]:
         assert set(row["halves"]) == {"fwd", "rev"}
         assert row["worst"] >= row["two_sided_worst"]
+        assert row["worst_f32"] == max(row["halves"][h]["worst_f32"] for h in ("fwd", "rev"))
+        assert row["worst_f32"] <= verdict["tol"]
         prefix = row["name"]
         for key in ("ssm.poles", "ssm.residues", "ssm_rev.poles", "ssm_rev.residues"):
             assert tensors[f"{prefix}.{key}"].shape[1:] == (16, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -282,8 +283,12 @@ def test_cli_end_to_end_and_tampered_pole(tmp_path: Path, name: str) -> None:
         assert ckpt.metadata["lcd_layout"] == "lcd"
         assert ckpt.metadata["lcd_basis_layout"] == "stu-shared-basis-v1"
         assert ckpt.metadata["lcd_stu_phi"] == "stored"
-    res = lcd("verify", out, "--reference", path)
+    res = lcd("verify", out, "--reference", path, "--json")
     assert res.exit_code == 0, res.output
+    for row in json.loads(res.stdout)["layers"]:  # the float32 runtime, judged as well
+        assert set(row["errors_f32"]) == {"scan", "recurrence"}
+        assert row["worst_f32"] == max(row["errors_f32"].values()) <= 2 * row["worst"] + 1e-5
+        assert row["float32_scan"] == row["errors_f32"]["scan"]
     tensors["stu_basis.poles"] *= 0.97  # tampered poles (every mode decays faster)
     with open_checkpoint(out) as ckpt:
         meta = dict(ckpt.metadata)

@@ -134,11 +134,25 @@ class LayerKind:
         raise NotImplementedError
 
 
+def f32_reason(worst_f32: float, worst: float, tol: float) -> str | None:
+    """The verdict's words when the float32 (complex64) paths miss tol, else None; the advice
+    on cancelling residues only where the float64 paths pass (else the fit itself is off)."""
+    if worst_f32 <= tol:
+        return None
+    what = f"float32 error {worst_f32:.2e} > {tol:.1e} (the complex64 recurrence or kernel " \
+           "that engines run"
+    if not worst <= tol:
+        return what + ")"
+    return (f"{what}; float64 error {worst:.2e}): the residues cancel only in float64, refit "
+            "the layer (lcd distill keeps float32-safe residues) or lower the order")
+
+
 def judge(row: dict[str, Any], *, finite: bool, pole_abs: dict[str, float], worst: float,
-          tol: float, reported: dict[str, Any] | None, channels: int, orders: list[int]
-          ) -> dict[str, Any]:
+          tol: float, reported: dict[str, Any] | None, channels: int, orders: list[int],
+          worst_f32: float | None = None) -> dict[str, Any]:
     """Set ``passed`` / ``reason`` of a verify row: NaN/Inf, an unstable pole (per named half),
-    an error above tol, or a shape other than the report's."""
+    an error above tol (of the float64 paths, and of the float32 / complex64 paths that
+    engines run, ``worst_f32``), or a shape other than the report's."""
     reasons = []
     if not finite:
         reasons.append("NaN/Inf")
@@ -147,6 +161,8 @@ def judge(row: dict[str, Any], *, finite: bool, pole_abs: dict[str, float], wors
             reasons.append(f"unstable pole{where} |p|={value:.6f}")
     if not worst <= tol:
         reasons.append(f"error {worst:.2e} > {tol:.1e}")
+    if worst_f32 is not None and (why := f32_reason(worst_f32, worst, tol)):
+        reasons.append(why)
     if reported and (reported["channels"] != channels
                      or any(reported["order"] != n for n in orders)):
         reasons.append(f"shape differs from the report (C={reported['channels']}, "

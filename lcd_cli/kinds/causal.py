@@ -124,7 +124,8 @@ class CausalKind(LayerKind):
 
     def verify(self, distilled: Checkpoint, ref: Checkpoint, layers: list[Layer],
                layout: Layout, options: VerifyOptions) -> list[dict[str, Any]]:
-        """Each layer's three runtime paths against its convolution (numerics.checks)."""
+        """Each layer's three runtime paths, and its complex64 recurrence and kernel, against
+        its convolution (numerics.checks)."""
         rows = []
         for layer in layers:
             h, D_ref = materialize(ref, layer)  # (C, L)
@@ -135,7 +136,8 @@ class CausalKind(LayerKind):
             rows.append(judge({"name": layer.prefix, **check.to_dict()}, finite=check.finite,
                               pole_abs={"": check.max_pole_abs}, worst=check.worst,
                               tol=options.tol, reported=options.reported.get(layer.prefix),
-                              channels=h.shape[0], orders=[ssm.order]))
+                              channels=h.shape[0], orders=[ssm.order],
+                              worst_f32=check.worst_f32))
         return rows
 
     def compressibility(self, ckpt: Checkpoint, layer: Layer, channels: int) -> dict[str, Any]:

@@ -33,13 +33,18 @@ from lcd_cli.kinds.base import (
     VerifyOptions,
     judge,
 )
-from lcd_cli.kinds.causal import fit_kernel, skip_term
+from lcd_cli.kinds.causal import F32_EVAL_WINDOW, fit_kernel, skip_term
 from lcd_cli.layouts.base import LayerResult, Layout
 from lcd_cli.numerics.checks import INPUT_KINDS, even_channels, make_inputs, verify_layer
 from lcd_cli.numerics.compressibility import two_sided_compressibility
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 from lcd_cli.numerics.ssm import DiagonalSSM
-from lcd_cli.numerics.two_sided import BidirectionalSSM, two_sided_conv, two_sided_errors
+from lcd_cli.numerics.two_sided import (
+    BidirectionalSSM,
+    two_sided_conv,
+    two_sided_errors,
+    two_sided_f32eval,
+)
 
 FWD, REV = "ssm", "ssm_rev"
 
@@ -65,7 +70,8 @@ class TwoSidedKind(LayerKind):
 
     def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings,
                    on_step: OnStep | None = None) -> LayerResult:
-        """Materialize both halves, fit each, score the float32 parameters as written."""
+        """Materialize both halves, fit each, score the float32 parameters as written (in
+        float64, and in complex64 as engines evaluate them: ``rel_l2_f32eval``)."""
         clock = PhaseClock()
         if on_step:
             on_step("materializing both halves")
@@ -80,6 +86,11 @@ class TwoSidedKind(LayerKind):
         stats = two_sided_errors(k_fwd, k_rev,
                                  (from_pairs(pairs[0][0]), from_pairs(pairs[0][1])),
                                  (from_pairs(pairs[1][0]), from_pairs(pairs[1][1])), order=order)
+        f32 = two_sided_f32eval(k_fwd, k_rev, pairs[0], pairs[1], F32_EVAL_WINDOW)
+        for half in ("fwd", "rev"):  # as complex64 engines see each half
+            stats["halves"][half]["rel_l2_f32eval"] = f32["halves"][half] | {
+                "window": f32["window"]}
+        stats["rel_l2_f32eval"] = {k: f32[k] for k in ("median", "max", "window")}
         stats |= {"name": planned.name, "family": planned.layer.config.name,
                   "channels": planned.channels, "length": planned.length, "order": order,
                   "state_modes": 2 * order, "method": fits[0].method}
@@ -132,9 +143,13 @@ class TwoSidedKind(LayerKind):
                   and all(bool(torch.isfinite(y).all()) for y in outputs.values()))
         values = [*errors.values(), checks["fwd"].worst, checks["rev"].worst]
         worst = max(values) if all(math.isfinite(v) for v in values) else math.inf
+        # Float32 (complex64) paths of each half; the layer's output is their sum.
+        halves_f32 = [checks["fwd"].worst_f32, checks["rev"].worst_f32]
+        worst_f32 = max(halves_f32) if all(math.isfinite(v) for v in halves_f32) else math.inf
         row: dict[str, Any] = {
             "name": layer.prefix, "causal": False, "max_pole_abs": bssm.max_pole_abs,
-            "finite": finite, "errors": errors, "worst": worst, "two_sided_worst": max(
+            "finite": finite, "errors": errors, "worst": worst, "worst_f32": worst_f32,
+            "two_sided_worst": max(
                 errors.values()) if all(math.isfinite(v) for v in errors.values()) else math.inf,
             "beyond_length": checks["fwd"].beyond_length, "length": T,
             "kernel_length": kernel_len, "window": window,
@@ -145,7 +160,7 @@ class TwoSidedKind(LayerKind):
                     " in the reverse half": checks["rev"].max_pole_abs}
         return judge(row, finite=finite, pole_abs=pole_abs, worst=worst, tol=options.tol,
                      reported=options.reported.get(layer.prefix), channels=n_ch,
-                     orders=[fwd.order, rev.order])
+                     orders=[fwd.order, rev.order], worst_f32=worst_f32)
 
     def compressibility(self, ckpt: Checkpoint, layer: Layer, channels: int) -> dict[str, Any]:
         k_fwd, k_rev, _ = materialize_two_sided(ckpt, layer)  # (C, L) each

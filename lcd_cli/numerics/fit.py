@@ -45,6 +45,18 @@ Method:
    (`_final_residues`), so near-collinear poles cannot take huge cancelling residues that
    rounding would destroy. The residues are then rounded too, and the error of exactly these
    stored values is computed directly, not from the normal equations (`_abs_error`).
+   Storage is not evaluation: engines compute exp(t log p) and the recurrence in complex64,
+   and a near-real pole with a huge imaginary residue (a fake double pole; its column's norm
+   is small, so the storage penalty allows it) is exact in float64 and destroyed near
+   arg p = pi, where complex64's log p keeps its angle to 2e-7 only (issue 14: complex64
+   kernels 5.7e-4 off, up to 1e1 on double-pole kernels). So the chosen fit is evaluated as
+   engines do over the first _F32_WINDOW samples (`_f32_guard`; channels whose modelled gap,
+   `_f32_bound`, cannot reach the trigger are not evaluated); channels where that adds
+   more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN)
+   are re-solved with a penalty modelled on the complex64 evaluation error or a stronger
+   Tikhonov term, with near-real poles snapped onto or moved off the real axis and close pole
+   pairs moved apart (a fake double pole at any angle), and keep the candidate with the lowest
+   complex64-evaluated error. Other channels keep their parameters bit for bit.
 5. Parallel fitting: the chunks are independent jobs (`lcd_cli.numerics.parallel`); worker
    processes with one torch thread each give bit for bit the in-process results.
 """
@@ -61,6 +73,7 @@ from torch import Tensor
 
 from lcd_cli.errors import LcdError
 from lcd_cli.numerics.hankel import hankel_shape, hankel_svd, sketch_width
+from lcd_cli.numerics.metrics import f32_kernels
 from lcd_cli.numerics.parallel import resolve_workers, run_jobs
 
 _R_MAX = 1.0 - 1e-6  # pole radius cap: strictly stable, also after complex64 rounding
@@ -97,6 +110,39 @@ _GRAM_REL_MIN = 1e-6  # below this relative error float32 residues are re-solved
 _RESTARTS = (((2, 0), False, True), ((2, 0), True, False), ((2, 2), False, False),
              ((2, 4), False, True), ((1, 0), False, False))
 _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
+# Float32 guard (`_f32_guard`): the stored parameters are also evaluated as complex64 engines
+# do (exp(t log p) and the recurrence) over the first _F32_WINDOW samples (the recurrence is
+# one Python step per sample). A channel is re-solved when what complex64 evaluation adds to
+# its kernel, gap = ||h_c64 - h_c128|| / ||h||, exceeds both _F32_GAP_MIN (the evaluation
+# noise of benign modes, ~1e-7) and a 1/_F32_GAP_RATIO share of its float64 error: then its
+# complex64 error is no longer within (1 + 1/_F32_GAP_RATIO) of the float64 one the report
+# shows. Untriggered channels keep their parameters bit for bit.
+_F32_WINDOW = 8192
+_F32_GAP_MIN = 1e-6
+_F32_GAP_RATIO = 10.0
+_F32_ROWS = 4096  # channel rows x modes scored at once: (rows, N, 4096) complex64 temporaries
+# Screen before the (costly) complex64 evaluation: the modelled bound of `_f32_bound` was at
+# least 1.8x the measured gap on every channel of the f32_fidelity cases (L 63..2048, N 4 and
+# 8; typically 7x), so channels whose bound times this factor cannot reach the trigger are not
+# evaluated (the trigger sees the same channels, the outputs are the same).
+_F32_SCREEN = 2.0
+# Poles within this angle of the real axis (|sin arg p| below it) are candidates for snapping
+# onto it: a near-real pole with a huge imaginary residue fakes a double pole (t p^t), which
+# complex64's log p cannot resolve near arg p = pi (its angle is pi -/+ eps, rounded to 2e-7).
+_SNAP_SIN = 1e-3
+# ... or moved to these angular distances from it: a complex mode r e^{i(pi - phi)} with a
+# moderate phi reproduces (a + c t)(-r)^t to O(t^2 phi^2) with residues ~ c / phi, which
+# complex64 resolves; balancing the two errors gives phi ~ (u pi / t)^(1/3), 1e-3..1e-2 for
+# memories t of 10..1000 steps (u the float32 unit roundoff), so a geometric grid around it.
+_PUSH_ANGLES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# The same for two distinct poles closer than a separation d of this grid in log-pole space
+# (|log p_i - log p_j| < d): a fake double pole at a complex q, A (q_i^t - q_j^t) ~ A d t q^t,
+# moved apart to d about their midpoint, which bounds their residues to ~ 1 / d.
+_SPREAD_DISTANCES = _PUSH_ANGLES
+# And the default residue solve with a stronger Tikhonov term, u times these factors: when the
+# penalty model misjudges a basis (e.g. poles near 0 whose residues of 1e6..1e7 cancel over the
+# first taps), trading some float64 accuracy for smaller residues is the plain remedy.
+_STRONGER_RIDGE = (16.0, 256.0, 4096.0)
 
 
 @dataclass
@@ -849,6 +895,8 @@ def _fit_chunk(
         merged = _keep_better((poles[idx], res[idx], err[idx]),
                               _finish(hb, _refine(hb, sb0, w, refine_iters), float32))
         poles[idx], res[idx], err[idx] = merged
+    if float32:
+        poles, res, err = _f32_guard(h, poles, res, err)
     return poles, res, err
 
 
@@ -871,6 +919,212 @@ def _finish(h: Tensor, s: Tensor, float32: bool) -> tuple[Tensor, Tensor, Tensor
         rf = _final_residues(hf, pf, _F32_LAMBDA, gram=False).to(torch.complex64).to(torch.complex128)
         _, res[fine], err[fine] = _keep_better((pf, res[fine], err[fine]),
                                                (pf, rf, _abs_error(hf, pf, rf)))
+    return poles, res, err
+
+
+def _f32_errors(h: Tensor, poles: Tensor, res: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per channel over the window t < min(L, _F32_WINDOW), relative to ||h[:window]||: the
+    float64 error ||h - h_hat64||, the complex64 gap ||h_c64 - h_hat64|| and the complex64
+    error ||h - h_c64||, h_c64 the worse of the exp(t log p) and recurrence evaluations
+    (`metrics.f32_kernels`).
+
+    Args:
+        h: (C, L) float64; poles, res: (C, N) complex128 holding complex64 values.
+    Returns:
+        three (C,) float64.
+    """
+    window = min(h.shape[1], _F32_WINDOW)
+    hw = h[:, :window]  # (C, W)
+    pp, rp = torch.view_as_real(poles.to(torch.complex64)), torch.view_as_real(res.to(torch.complex64))
+    h_exp, h_rec = f32_kernels(pp, rp, window)  # (C, W) each
+    h64 = torch.empty_like(hw)  # (C, W): Re sum R p^t by the two-level tables
+    _, a_len, t_len = _blocks(hw, window, False).shape
+    inner, outer = _pole_tables(torch.log(poles), t_len, a_len)  # (C, T, N), (C, A, N)
+    coef = torch.conj_physical(res[:, None, :] * outer)  # (C, A, N)
+    h64[:] = (_as_real(coef) @ _as_real(inner).transpose(1, 2)).flatten(1)[:, :window]
+    gap = torch.maximum(torch.linalg.vector_norm(h_exp - h64, dim=-1),
+                        torch.linalg.vector_norm(h_rec - h64, dim=-1))  # (C,)
+    e32 = torch.maximum(torch.linalg.vector_norm(hw - h_exp, dim=-1),
+                        torch.linalg.vector_norm(hw - h_rec, dim=-1))  # (C,)
+    err = torch.linalg.vector_norm(hw - h64, dim=-1)  # (C,)
+    return _relative(err, hw), _relative(gap, hw), _relative(e32, hw)
+
+
+def _f32_bound(h: Tensor, poles: Tensor, res: Tensor, window: int) -> Tensor:
+    """A model of the complex64 gap over t < window, relative to ||h[:window]||: per mode the
+    evaluation error of `_weighted_residues`' W (u |p|^t (1 + t (1 + |arg p| + |log |p||))),
+    times |R|, summed over modes. ||.||_t in closed form (`_geom_sums` at sigma = 2 log |p|).
+
+    Args:
+        h: (C, L) float64; poles, res: (C, N) complex128.
+    Returns:
+        (C,) float64.
+    """
+    log_mag = torch.log(poles.abs().clamp_min(1e-300))  # (C, N)
+    slope = 1.0 + poles.angle().abs() + log_mag.abs()  # (C, N)
+    s0, s1, s2 = (x.real for x in _geom_sums(torch.complex(2.0 * log_mag,
+                                                           torch.zeros_like(log_mag)),
+                                             window, 2))  # (C, N) each
+    env = torch.sqrt((s0 + 2.0 * slope * s1 + slope * slope * s2).clamp_min(0.0))  # (C, N)
+    num = _F32_LAMBDA * (res.abs() * env).sum(-1)  # (C,)
+    return _relative(num, h[:, :window])
+
+
+def _weighted_residues(h: Tensor, poles: Tensor) -> Tensor:
+    """Residues for fixed poles that are accurate *as complex64 engines evaluate them*.
+
+    Minimizes ||h - A x||^2 + ||W x||^2 over the real basis A = [Re p^t, -Im p^t] (L, 2N) by
+    the SVD of A W^-1 (filter factors s / (s^2 + 1)). W models the complex64 evaluation error
+    of each column per unit coefficient: exp(t log p) with log p rounded to relative u (its
+    angle to u |arg p|, the product t log p and the exp to u each) and the recurrence's
+    t roundings give an error of u |p|^t (1 + t (1 + |arg p| + |log |p||)), so
+    W_n = u ||that||_t for both columns of mode n (u = _F32_LAMBDA). A near-real pole's
+    imaginary column, whose norm ~ |Im p| ||t p^t|| is far below W near arg p = pi, gets no
+    coefficient; the default penalty (u times the column norm) allowed a huge one.
+
+    Args:
+        h: (C, L) float64; poles: (C, N) complex128 (complex64 values).
+    Returns:
+        (C, N) complex128 residues.
+    """
+    length = h.shape[1]
+    n = poles.shape[1]
+    t = torch.arange(length, dtype=torch.float64, device=h.device)  # (L,)
+    mag = poles.abs().clamp_min(1e-300)  # (C, N)
+    slope = 1.0 + poles.angle().abs() + torch.log(mag).abs()  # (C, N) error growth per step
+    env = torch.exp(torch.log(mag)[..., None] * t) * (1.0 + slope[..., None] * t)  # (C, N, L)
+    w = _F32_LAMBDA * torch.linalg.vector_norm(env, dim=-1).clamp_min(1e-300)  # (C, N)
+    w2 = torch.cat([w, w], dim=1)  # (C, 2N): Re and Im columns of each mode
+    t_len = _block_len(length)
+    a_len = -(-length // t_len)
+    inner, outer = _pole_tables(torch.log(poles), t_len, a_len)  # (C, T, N), (C, A, N)
+    v = (outer[:, :, None, :] * inner[:, None, :, :]).flatten(1, 2)[:, :length]  # (C, L, N)
+    a = torch.cat([v.real, -v.imag], dim=2) / w2[:, None, :]  # (C, L, 2N) = A W^-1
+    u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    coef = (u.transpose(1, 2) @ h[:, :, None])[..., 0] * (sv / (sv * sv + 1.0))  # (C, 2N)
+    x = (vh.transpose(1, 2) @ coef[..., None])[..., 0] / w2  # (C, 2N)
+    return torch.complex(x[:, :n], x[:, n:])
+
+
+def _push_angle(p: Tensor, phi: float) -> Tensor:
+    """p moved to the angle phi from the real axis it is nearest (same radius, same side):
+    arg p -> +-phi near 0, +-(pi - phi) near pi (the sign of Im p, + for real p)."""
+    sign = torch.where(p.imag < 0, -1.0, 1.0)  # (...)
+    angle = torch.where(p.real >= 0, torch.full_like(p.real, phi),
+                        torch.full_like(p.real, math.pi - phi)) * sign  # (...)
+    return torch.polar(p.abs(), angle)
+
+
+def _spread_pairs(p: Tensor, dist: float) -> Tensor | None:
+    """Poles (C, N) with each close pair moved apart to ``dist`` in log-pole space: pairs
+    (i, j) with 0 < |s_i - s_j| < dist (s = log p, nearest first, each pole in one pair) get
+    s_mid +- dist/2 along their own direction, radius capped at _R_MAX. None when no channel
+    has such a pair."""
+    s = torch.log(p)  # (C, N)
+    gap = (s[:, :, None] - s[:, None, :]).abs()  # (C, N, N)
+    close = (gap > 0) & (gap < dist)  # (C, N, N)
+    if not bool(close.any()):
+        return None
+    out = s.clone()  # (C, N)
+    for c in close.any(-1).any(-1).nonzero()[:, 0].tolist():
+        used: set[int] = set()
+        pairs = close[c].nonzero().tolist()  # [[i, j], ...] both orders
+        for i, j in sorted(pairs, key=lambda ij: float(gap[c, ij[0], ij[1]])):
+            if i in used or j in used:
+                continue
+            used |= {i, j}
+            mid, half = (s[c, i] + s[c, j]) / 2, (s[c, i] - s[c, j]) / 2  # complex scalars
+            step = half / half.abs() * (dist / 2)
+            out[c, i], out[c, j] = mid + step, mid - step
+    return _stabilize(torch.exp(out))
+
+
+def _candidate_scores(h: Tensor, cands: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Complex64-evaluated error (`_f32_errors`) of K candidate (poles, residues) pairs, each
+    (C, N), against h (C, L): (K, C). Candidates are stacked along the channel axis so that
+    one recurrence loop over the window serves several (its cost is the number of steps), at
+    most _F32_ROWS channel rows x modes at a time (bounded (rows, N, chunk) temporaries)."""
+    c, n = cands[0][0].shape
+    per = max(1, _F32_ROWS // max(1, c * n))  # candidates per batch
+    out = []
+    for start in range(0, len(cands), per):
+        group = cands[start : start + per]
+        p = torch.cat([cp for cp, _ in group])  # (G C, N)
+        r = torch.cat([cr for _, cr in group])  # (G C, N)
+        out.append(_f32_errors(h.repeat(len(group), 1), p, r)[2].view(len(group), c))
+    return torch.cat(out)  # (K, C)
+
+
+def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Re-solve the channels whose complex64 evaluation is far off their float64 kernel.
+
+    Triggered channels (see _F32_GAP_RATIO) get these candidates, all rounded to complex64:
+    the residues re-solved with the complex64-error penalty (`_weighted_residues`) and with
+    the default penalty made stronger (_STRONGER_RIDGE); near-real poles (|sin arg p| <
+    _SNAP_SIN) snapped onto the real axis, with the default residue solve and with the
+    penalty; near-real poles moved to each angle of _PUSH_ANGLES from the axis, and close pole
+    pairs moved apart to each distance of _SPREAD_DISTANCES, with the penalty.
+    Per channel the one with the lowest complex64-evaluated error on the window is kept, the
+    fitted parameters included (unchanged bit for bit when no candidate beats them); the
+    returned error is the direct float64 one over all of L, as for every fit. Skipped
+    (parameters as fitted) where one channel's explicit basis exceeds _LSTSQ_BUDGET
+    (L 2N > 2^24, e.g. N = 64 beyond L = 131072).
+
+    Args:
+        h: (C, L) float64; poles, res: (C, N) complex128 (complex64 values); err: (C,) direct
+        float64 errors ||h - h_hat||.
+    """
+    length, n = h.shape[1], poles.shape[1]
+    if h.shape[0] == 0 or length * 2 * n > _LSTSQ_BUDGET:
+        return poles, res, err
+    window = min(length, _F32_WINDOW)
+    floor = torch.full_like(err, _F32_GAP_MIN)  # (C,) the least gap that can trigger
+    if length <= window:  # the window's float64 error is the direct one
+        floor = torch.maximum(floor, _relative(err, h) / _F32_GAP_RATIO)
+    seen = (_F32_SCREEN * _f32_bound(h, poles, res, window) > floor).nonzero()[:, 0]  # (Cs,)
+    if not seen.numel():
+        return poles, res, err
+    e64, gap, _ = _f32_errors(h[seen], poles[seen], res[seen])  # (Cs,) each
+    hit = seen[(gap > _F32_GAP_MIN) & (gap * _F32_GAP_RATIO > e64)]  # (Ct,)
+    if not hit.numel():
+        return poles, res, err
+    step = max(1, _LSTSQ_BUDGET // (length * 2 * n))
+    for start in range(0, hit.numel(), step):
+        idx = hit[start : start + step]  # (Cc,)
+        hc, pc = h[idx], poles[idx]  # (Cc, L), (Cc, N)
+        near = (pc.imag.abs() < _SNAP_SIN * pc.abs()) & (pc.imag != 0)  # (Cc, N)
+        snapped = torch.where(near, torch.complex(pc.real, torch.zeros_like(pc.real)), pc)
+        cands = [(pc, _weighted_residues(hc, pc))]
+        cands += [(pc, _final_residues(hc, pc, _F32_LAMBDA * k, gram=False))
+                  for k in _STRONGER_RIDGE]
+        if bool(near.any()):
+            cands += [(snapped, _final_residues(hc, snapped, _F32_LAMBDA, gram=True)),
+                      (snapped, _weighted_residues(hc, snapped))]
+            for phi in _PUSH_ANGLES:
+                pushed = torch.where(near, _push_angle(pc, phi), pc)  # (Cc, N)
+                pushed = pushed.to(torch.complex64).to(torch.complex128)
+                cands.append((pushed, _weighted_residues(hc, pushed)))
+        for d in _SPREAD_DISTANCES:
+            spread = _spread_pairs(pc, d)  # (Cc, N)
+            if spread is not None:
+                spread = spread.to(torch.complex64).to(torch.complex128)
+                cands.append((spread, _weighted_residues(hc, spread)))
+        stored = [(pc, res[idx])] + [(cp, cr.to(torch.complex64).to(torch.complex128))
+                                     for cp, cr in cands]  # as stored, the fit's own first
+        scores = _candidate_scores(hc, stored)  # (K, Cc)
+        best_p, best_r, best_score = pc, res[idx], scores[0]  # (Cc, N), (Cc, N), (Cc,)
+        changed = torch.zeros(idx.numel(), dtype=torch.bool, device=h.device)  # (Cc,)
+        for (cp, cr), score in zip(stored[1:], scores[1:], strict=True):
+            take = (score < best_score) & torch.isfinite(score)  # (Cc,)
+            best_p = torch.where(take[:, None], cp, best_p)
+            best_r = torch.where(take[:, None], cr, best_r)
+            best_score = torch.where(take, score, best_score)
+            changed |= take
+        if bool(changed.any()):
+            sel = idx[changed]  # (Cs,)
+            poles[sel], res[sel] = best_p[changed], best_r[changed]
+            err[sel] = _abs_error(h[sel], poles[sel], res[sel])
     return poles, res, err
 
 

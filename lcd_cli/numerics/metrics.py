@@ -82,6 +82,25 @@ def _complex64_modes(pairs: Tensor) -> Tensor:
     return torch.view_as_complex(pairs.to(torch.float32).contiguous())  # (C, N)
 
 
+def exp_kernel_c64(p: Tensor, r: Tensor, length: int) -> Tensor:
+    """h[t] = sum_n Re(R_n exp(t log p_n)) in complex64 throughout, as StripedHyena's parallel
+    path (``compute_filter``) computes it: p, r (C, N) complex64 -> (C, L) float32. A pole
+    p = 0 (the two-sided kind's padding) counts as 0^0 = 1, 0^t = 0, as in `modal.pole_powers`
+    (exp(0 * log 0) would be NaN)."""
+    t = torch.arange(length, dtype=torch.float32, device=p.device)  # (L,)
+    h = torch.empty(p.shape[0], length, dtype=torch.float32, device=p.device)  # (C, L)
+    log_p = torch.log(p)  # (C, N) complex64
+    zero = (p == 0)[..., None]  # (C, N, 1)
+    for start in range(0, length, _F32_CHUNK):  # bounded (C, N, chunk) temporaries
+        tt = t[start : start + _F32_CHUNK]  # (l,)
+        powers = torch.exp(log_p[..., None] * tt)  # (C, N, l) complex64
+        if bool(zero.any()):
+            powers = torch.where(zero, (tt == 0).to(powers.dtype), powers)
+        terms = r[..., None] * powers  # (C, N, l) complex64
+        h[:, start : start + tt.numel()] = terms.real.sum(1)  # (C, l)
+    return h
+
+
 def f32_kernels(poles_pairs: Tensor, residues_pairs: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """The modal kernel of stored float32 parameters as float32 engines compute it, (C, L) each:
 
@@ -92,12 +111,7 @@ def f32_kernels(poles_pairs: Tensor, residues_pairs: Tensor, length: int) -> tup
     Returned in float64 (the values are float32's)."""
     p = _complex64_modes(poles_pairs)  # (C, N)
     r = _complex64_modes(residues_pairs)  # (C, N)
-    t = torch.arange(length, dtype=torch.float32)  # (L,)
-    h_exp = torch.empty(p.shape[0], length, dtype=torch.float32)  # (C, L)
-    for start in range(0, length, _F32_CHUNK):  # bounded (C, N, chunk) temporaries
-        tt = t[start : start + _F32_CHUNK]  # (l,)
-        terms = r[..., None] * torch.exp(torch.log(p)[..., None] * tt)  # (C, N, l) complex64
-        h_exp[:, start : start + tt.numel()] = terms.real.sum(1)  # (C, l)
+    h_exp = exp_kernel_c64(p, r, length)  # (C, L) float32
     h_rec = torch.empty_like(h_exp)  # (C, L)
     x = torch.ones_like(p)  # (C, N): state after the impulse, x_0 = 1
     for step in range(length):

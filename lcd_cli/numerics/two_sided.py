@@ -52,7 +52,13 @@ from torch import Tensor
 
 from lcd_cli.errors import LcdError
 from lcd_cli.numerics.hankel import fft_size, hankel_floor
-from lcd_cli.numerics.metrics import DENSE_HANKEL_BUDGET, kernel_errors, relative_l2, sample_channels
+from lcd_cli.numerics.metrics import (
+    DENSE_HANKEL_BUDGET,
+    f32_kernels,
+    kernel_errors,
+    relative_l2,
+    sample_channels,
+)
 from lcd_cli.numerics.modal import modal_kernel
 from lcd_cli.numerics.ssm import DiagonalSSM
 
@@ -209,3 +215,29 @@ def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
         "rel_l2_channels": rel.tolist(),  # (C,) two-sided kernel, per channel
     }
 
+
+def two_sided_f32eval(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
+                      rev: tuple[Tensor, Tensor], window: int) -> dict[str, Any]:
+    """rel_l2 of the stored float32 parameters evaluated in complex64 (`metrics.f32_kernels`:
+    exp(t log p) and the recurrence, the worse of the two), over each half's first ``window``
+    lags: of the two-sided kernel [k_fwd; k_rev] (top level) and of each half.
+
+    Args:
+        k_fwd, k_rev: (C, L) float64 halves; fwd, rev: (poles, residues) float32 [real, imag]
+        pairs (C, N, 2) as stored.
+    Returns:
+        {"median", "max", "window", "halves": {"fwd": {"median", "max"}, "rev": {...}}}.
+    """
+    w = min(window, k_fwd.shape[1])
+    ref = {"fwd": k_fwd[:, :w].to(torch.float64), "rev": k_rev[:, :w].to(torch.float64)}
+    evals = {"fwd": f32_kernels(*fwd, w), "rev": f32_kernels(*rev, w)}  # (C, W) exp, rec each
+    halves = {}
+    for name in ("fwd", "rev"):
+        rel = torch.maximum(relative_l2(ref[name], evals[name][0]),
+                            relative_l2(ref[name], evals[name][1]))  # (C,)
+        halves[name] = {"median": float(rel.quantile(0.5)), "max": float(rel.max())}
+    h = torch.cat([ref["fwd"], ref["rev"]], dim=1)  # (C, 2W)
+    rel = torch.maximum(*(relative_l2(h, torch.cat([evals["fwd"][i], evals["rev"][i]], dim=1))
+                          for i in range(2)))  # (C,)
+    return {"median": float(rel.quantile(0.5)), "max": float(rel.max()), "window": w,
+            "halves": halves}

@@ -3,6 +3,8 @@
 Layer 5 (pipeline). Each layer's kind does the check (lcd_cli.kinds); this module finds the
 layers, pairs the checkpoint with its report and its source, reads the tolerance, and collects
 the rows.
+Every row also holds ``worst_f32``, the error of the complex64 paths engines run (causal and
+two-sided kinds; the STU kind its float32 runtime), judged against the same tolerance.
 
 Pairing (before any kernel is materialized):
   - the report is the one `lcd distill` wrote by default (:func:`default_report`) unless
@@ -212,8 +214,9 @@ def verify_section(result: dict[str, Any], command: str) -> dict[str, Any]:
         "length": result["length"], "seed": result["seed"], "reference": result["reference"],
         "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": result["seconds"],
-        "layers": [{"name": r["name"], "worst": r["worst"], "passed": r["passed"],
-                    "reason": r["reason"]} for r in result["layers"]],
+        "layers": [{"name": r["name"], "worst": r["worst"],
+                    **({"worst_f32": r["worst_f32"]} if "worst_f32" in r else {}),
+                    "passed": r["passed"], "reason": r["reason"]} for r in result["layers"]],
     }
 
 
