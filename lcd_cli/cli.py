@@ -421,7 +421,12 @@ def distill(
         "(<report stem>.log; for a folder, <folder>.log).")] = None,
     layout: Annotated[str, typer.Option(
         "--layout", help="Output layout: how the fitted SSMs are stored (lcd: <layer>.ssm.poles "
-        "/ .ssm.residues). See docs/architecture.md.")] = "lcd",
+        "/ .ssm.residues; stripedhyena and vortex: the engines' own keys, docs/engines.md). See "
+        "docs/architecture.md.")] = "lcd",
+    poles: Annotated[str | None, typer.Option(
+        "--poles", help="Pole class of the fit: complex (conjugate-pair modes, the default) or "
+        "real (poles on (0, 1) with real residues; what --layout vortex stores, and its "
+        "default there).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fitter's randomness.")] = 0,
     workers: Annotated[int | None, typer.Option(
@@ -453,7 +458,7 @@ def distill(
                             family=resolve_family(family), config=config, length=length,
                             output=output, report=report, force=force, layout=layout, device=dev,
                             seed=seed, argument=checkpoint, sets=sets, model_config=model_config,
-                            workers=workers)
+                            workers=workers, poles=poles)
         if dry_run:
             _print_plan(plan.describe(), as_json)
             return

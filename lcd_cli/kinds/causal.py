@@ -32,7 +32,8 @@ from lcd_cli.layouts.base import LayerResult, Layout
 from lcd_cli.numerics.checks import verify_layer
 from lcd_cli.numerics.compressibility import compressibility
 from lcd_cli.numerics.fit import FitResult, fit_modal, fit_modal_to_tolerance
-from lcd_cli.numerics.metrics import kernel_errors, rel_l2_f32eval
+from lcd_cli.numerics.fit_real import fit_real_modal, fit_real_modal_to_tolerance
+from lcd_cli.numerics.metrics import hankel_floor, kernel_errors, rel_l2_f32eval
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 
 PART = "ssm"
@@ -43,7 +44,16 @@ F32_EVAL_WINDOW = 16384
 
 def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None
                ) -> FitResult:
-    """Fit (C, L) kernels at the settings' order, or to its tolerance."""
+    """Fit (C, L) kernels at the settings' order, or to its tolerance, with the settings' pole
+    class (complex conjugate pairs, or real poles on (0, 1) with real residues)."""
+    if settings.poles == "real":
+        if settings.order is not None:
+            return fit_real_modal(h, settings.order, device=settings.device, seed=settings.seed,
+                                  source=source)
+        assert settings.tol is not None
+        return fit_real_modal_to_tolerance(h, settings.tol, settings.max_order,
+                                           device=settings.device, seed=settings.seed,
+                                           source=source)
     if settings.order is not None:
         return fit_modal(h, settings.order, device=settings.device, seed=settings.seed,
                          source=source, workers=settings.workers)
@@ -62,6 +72,7 @@ def skip_term(distilled: Checkpoint, layer: Layer, D_ref: torch.Tensor | None
 
 class CausalKind(LayerKind):
     name: ClassVar[str] = "causal"
+    pole_classes: ClassVar[tuple[str, ...]] = ("complex", "real")
 
     def claims(self, config: FamilyConfig) -> bool:
         return config.causal
@@ -93,6 +104,11 @@ class CausalKind(LayerKind):
         stats |= {"name": planned.name, "family": planned.layer.config.name,
                   "channels": planned.channels, "length": planned.length, "order": fit.order,
                   "method": fit.method, "seconds": round(time.perf_counter() - start, 3)}
+        if settings.poles != "complex":
+            # The constraint's cost: "floor" bounds any N-mode fit (Hankel rank 2N); a real-pole
+            # fit has rank <= N <= 2 ceil(N / 2), so the floor at order ceil(N / 2) bounds it.
+            stats["poles"] = settings.poles
+            stats["floor_real"] = hankel_floor(h, (fit.order + 1) // 2)[0]
         if settings.tol is not None:
             stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
         if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, cond(V)
