@@ -38,6 +38,7 @@ from rich.table import Table
 from lcd_cli import __version__
 from lcd_cli.bench import parse_lengths, plot_bench, require_matplotlib, run_bench, settings_for
 from lcd_cli.engines import stripedhyena as stripedhyena_engine
+from lcd_cli.engines import vortex as vortex_engine
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.families.config import builtin_configs
@@ -110,7 +111,7 @@ app = typer.Typer(
     add_completion=False,
 )
 command = app.command  # every command below uses _Command
-ENGINES = {"stripedhyena": stripedhyena_engine}  # `lcd verify --engine NAME`
+ENGINES = {"stripedhyena": stripedhyena_engine, "vortex": vortex_engine}  # `lcd verify --engine NAME`
 err = Console(stderr=True)
 out = Console()
 
@@ -576,7 +577,8 @@ def verify(
         "--record", help="Write the outcome into the report's 'verify:' section.")] = False,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="Also run both models in a real engine and compare their logits "
-        "(parallel and recurrent): stripedhyena. Needs model folders (config.json + weights).")
+        "(parallel and recurrent): stripedhyena, or vortex (Evo 2). Needs model folders "
+        "(the engine's config.json / config.yml + weights).")
     ] = None,
     engine_tol: Annotated[float | None, typer.Option(
         "--engine-tol", help="Largest logits relative error allowed with --engine [1e-2].")

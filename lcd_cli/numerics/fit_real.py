@@ -67,7 +67,12 @@ _STALL_ITERS = 8  # a channel stops when its squared error fell by less than
 _STALL_RTOL = 1e-4  # this fraction over the last _STALL_ITERS iterations
 _RCOND = 1e-13  # relative singular-value cut-off of the window least squares
 _GRID_RATE_MAX = 3.0  # fastest decay rate (-log p) of the grid start
-_F32_LAMBDA = 2.0**-24  # residue regularization for float32 storage (unit roundoff)
+# Residue regularization for float32 parameters run in float32 (the refinement's objective and
+# the final residues): 16 unit roundoffs, the evaluation noise of an engine's sum over modes
+# (exp(t log p), products, FFT) per unit of ||S r||. Real exponentials of close rates fit
+# t p^t-like shapes by large cancelling residues; unregularized, an order-8 fit of an Evo 2-like
+# layer took ||S r|| ~ 1e4 ||h|| and the engine's float32 paths then disagreed at ~1e-3 of h.
+_EVAL_LAMBDA = 2.0**-20
 _F64_LAMBDA = 1e-13  # the same for float64 parameters
 _TIME_BLOCK = 4096  # samples per block of the full-length passes
 _CHUNK_CHANNELS = 64  # most channels per chunk
@@ -93,22 +98,29 @@ def _basis(s: Tensor, length: int, start: int = 0) -> Tensor:
     return torch.exp(s[:, None, :] * t[None, :, None])
 
 
-def _lstsq(e: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Least-squares residues of h (C, W) on the columns of e (C, W, N) by the SVD of the
-    column-normalized basis; returns (r (C, N), U (C, W, N) with the cut-off columns zeroed,
-    the residual h - e r (C, W))."""
+def _lstsq(e: Tensor, h: Tensor, lam: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Regularized least-squares residues: min ||h - e r||^2 + lam^2 ||S r||^2, S = diag of
+    the column norms of e (C, W, N), as the plain least squares of the augmented system
+    [e S^-1; lam I] (S r) = [h; 0] by its SVD (singular values >= lam, cut-off _RCOND).
+
+    Returns r (C, N), U (C, W + N, N) of the augmented basis (cut-off columns zeroed), its
+    residual (C, W + N) (the fit residual above the penalty lam S r) and S (C, N)."""
+    c, w, n = e.shape
     norm = torch.linalg.vector_norm(e, dim=1).clamp_min(1e-300)  # (C, N)
-    u, sv, vh = torch.linalg.svd(e / norm[:, None, :], full_matrices=False)
+    eye = lam * torch.eye(n, dtype=e.dtype, device=e.device).expand(c, n, n)  # (C, N, N)
+    aug = torch.cat([e / norm[:, None, :], eye], dim=1)  # (C, W + N, N)
+    u, sv, vh = torch.linalg.svd(aug, full_matrices=False)
     keep = sv > _RCOND * sv[:, :1]  # (C, N)
-    u = u * keep[:, None, :]  # (C, W, N)
-    coef = (u.transpose(1, 2) @ h[:, :, None])[..., 0]  # (C, N)
+    u = u * keep[:, None, :]  # (C, W + N, N)
+    rhs = torch.cat([h, h.new_zeros(c, n)], dim=1)  # (C, W + N)
+    coef = (u[:, :w].transpose(1, 2) @ h[:, :, None])[..., 0]  # (C, N)
     inv = torch.where(keep, 1.0 / torch.where(keep, sv, 1.0), 0.0)  # (C, N)
     r = (vh.transpose(1, 2) @ (coef * inv)[..., None])[..., 0] / norm  # (C, N)
-    resid = h - (u @ coef[..., None])[..., 0]  # (C, W)
-    return r, u, resid
+    resid = rhs - (u @ coef[..., None])[..., 0]  # (C, W + N)
+    return r, u, resid, norm
 
 
-def _refine(h: Tensor, s: Tensor, iters: int) -> Tensor:
+def _refine(h: Tensor, s: Tensor, iters: int, lam: float) -> Tensor:
     """Variable-projection Levenberg-Marquardt on real log-poles.
 
     A channel stops for good when frozen (error below _FROZEN_REL), stalled (squared error down
@@ -129,10 +141,11 @@ def _refine(h: Tensor, s: Tensor, iters: int) -> Tensor:
 
     def state(s_: Tensor, h_: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         e = _basis(s_, w)  # (Ca, W, N)
-        r, u, resid = _lstsq(e, h_)
-        te = e * t[None, :, None] * r[:, None, :]  # (Ca, W, N) d(E r)/ds
-        j = te - u @ (u.transpose(1, 2) @ te)  # (Ca, W, N) = (I - P_E) t E diag(r)
-        return (resid * resid).sum(-1), j, resid  # f (Ca,), J, residual (Ca, W)
+        r, u, resid, _ = _lstsq(e, h_, lam)
+        te = e * t[None, :, None] * r[:, None, :]  # (Ca, W, N) d(E r)/ds, S held fixed
+        te = torch.cat([te, te.new_zeros(te.shape[0], te.shape[2], te.shape[2])], dim=1)
+        j = te - u @ (u.transpose(1, 2) @ te)  # (Ca, W + N, N) = (I - P) t E diag(r)
+        return (resid * resid).sum(-1), j, resid  # f (Ca,), J, residual (Ca, W + N)
 
     s = s.clone()
     f, j, resid = state(s, h)
@@ -174,7 +187,7 @@ def _select(h: Tensor, cand: Tensor, order: int) -> Tensor:
     if m < order:
         cand = torch.cat([cand, torch.exp(_grid(c, order - m, w, h.device))], dim=1)
         return torch.log(cand)
-    r, _, _ = _lstsq(_basis(torch.log(cand), w), h)  # (C, M)
+    r, _, _, _ = _lstsq(_basis(torch.log(cand), w), h, _F64_LAMBDA)  # (C, M)
     p2 = cand * cand  # (C, M)
     energy = r * r * -torch.expm1(w * torch.log(p2)) / -torch.expm1(torch.log(p2))  # (C, M)
     idx = torch.topk(torch.nan_to_num(energy, nan=-1.0), order, dim=1).indices  # (C, N)
@@ -222,7 +235,7 @@ def _finish(h: Tensor, s: Tensor, float32: bool) -> tuple[Tensor, Tensor, Tensor
         e = _basis(lp, min(_TIME_BLOCK, length - t0), t0)  # (C, B, N)
         gram += e.transpose(1, 2) @ e
         rhs += (e.transpose(1, 2) @ h[:, t0 : t0 + e.shape[1], None])[..., 0]
-    lam = _F32_LAMBDA if float32 else _F64_LAMBDA
+    lam = _EVAL_LAMBDA if float32 else _F64_LAMBDA
     norm = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0.0))  # (C, N)
     inv = 1.0 / norm.clamp_min(1e-300)  # (C, N)
     gs = gram * inv[:, :, None] * inv[:, None, :]  # (C, N, N) unit diagonal
@@ -269,7 +282,8 @@ def _fit_chunk(h: Tensor, order: int, seed: int, iters: int, float32: bool,
     best: tuple[Tensor, Tensor, Tensor] | None = None
     for s0 in starts:
         s0 = s0.clamp(_S_MIN, _S_MAX)
-        for s in ((s0, _refine(hw, s0, iters)) if iters > 0 else (s0,)):
+        lam = _EVAL_LAMBDA if float32 else _F64_LAMBDA
+        for s in ((s0, _refine(hw, s0, iters, lam)) if iters > 0 else (s0,)):
             got = _finish(h, s, float32)
             best = got if best is None else _keep_better(best, got)
     assert best is not None
