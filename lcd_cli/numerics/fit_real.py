@@ -26,17 +26,22 @@ Method:
       kernel; robust where the subspace step sees mostly oscillation);
    c. an SSM source's own poles where they are real and positive (Evo 2 LI: exactly the
       source's modes; with M > N the N of largest least-squares energy, modal truncation).
-2. Residues: real linear least squares for fixed poles over the window, by the SVD of the
-   column-normalized basis (cut-off _RCOND): real exponentials with close rates are nearly
-   collinear, and the normal equations would square that conditioning.
+2. Residues: real linear least squares for fixed poles, regularized for float32 evaluation:
+   min ||h - E r||^2 + lam^2 ||S r||^2 (S = diag of E's column norms, lam = _EVAL_LAMBDA), by
+   the SVD of the augmented system [E S^-1; lam I] (Tikhonov 1963): real exponentials with
+   close rates are nearly collinear and fit t p^t-like shapes with large cancelling residues,
+   which an engine's float32 sums amplify; the normal equations would square the conditioning.
 3. Refinement: Levenberg-Marquardt on the real log-poles s with variable projection (Golub &
-   Pereyra 1973; Kaufman 1975 Jacobian J = -(I - P_E) (t E) diag(r)), batched over channels,
-   per-channel damping, a step accepted only where it lowers the error, s clamped into
+   Pereyra 1973; Kaufman 1975 Jacobian J = -(I - P) (t E) diag(r), P the projector of the
+   augmented basis, S held fixed in J) on the regularized objective, batched over channels,
+   per-channel damping, a step accepted only where it lowers the objective, s clamped into
    [log _R_MIN, log _R_MAX] so the poles stay strictly inside (0, 1) and their logs finite.
-4. Float32 safety (the stored format): poles rounded to float32, residues solved over the full
-   length L for exactly those poles with a Tikhonov term sized to the float32 unit roundoff
-   (Gram matrix accumulated over time blocks, eigen-decomposition of its unit-diagonal scaling),
-   rounded too; the error of exactly these stored values is computed directly over L.
+   Channels far above the chunk's median error then restart from their best poles with
+   log-normally perturbed decay rates (_RESTARTS rounds, seeded), the better kept.
+4. Storage: poles rounded to float32, residues solved over the full length L for exactly those
+   poles with the same regularization (Gram matrix accumulated over time blocks, eigen-
+   decomposition of its unit-diagonal scaling), rounded too; the error of exactly these stored
+   values is computed directly over L.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ _GRID_RATE_MAX = 3.0  # fastest decay rate (-log p) of the grid start
 # layer took ||S r|| ~ 1e4 ||h|| and the engine's float32 paths then disagreed at ~1e-3 of h.
 _EVAL_LAMBDA = 2.0**-20
 _F64_LAMBDA = 1e-13  # the same for float64 parameters
+_RESTARTS = 6  # rounds of perturbed restarts for outlier channels
+_RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the chunk's median error
+_RESTART_SPREAD = 0.7  # log-normal spread of the restarts' decay rates
+_RESTART_FLOOR = 1e-6  # no restart below this relative error (float32 storage precision)
 _TIME_BLOCK = 4096  # samples per block of the full-length passes
 _CHUNK_CHANNELS = 64  # most channels per chunk
 _CHUNK_WORDS = 1 << 22  # float64 words of one chunk's (C, W, N) basis and its products
@@ -280,13 +289,32 @@ def _fit_chunk(h: Tensor, order: int, seed: int, iters: int, float32: bool,
     if source is not None:
         starts.insert(0, _select(hw, source, order))
     best: tuple[Tensor, Tensor, Tensor] | None = None
+    lam = _EVAL_LAMBDA if float32 else _F64_LAMBDA
     for s0 in starts:
         s0 = s0.clamp(_S_MIN, _S_MAX)
-        lam = _EVAL_LAMBDA if float32 else _F64_LAMBDA
         for s in ((s0, _refine(hw, s0, iters, lam)) if iters > 0 else (s0,)):
             got = _finish(h, s, float32)
             best = got if best is None else _keep_better(best, got)
     assert best is not None
+    if iters <= 0:
+        return best
+    # Outliers (far above the chunk's median) restart from their best poles with each decay
+    # rate scaled by exp(_RESTART_SPREAD z), z ~ N(0, 1) seeded: the real-pole objective has
+    # many local minima in the rates; each restart is kept where it scores better.
+    norm = torch.linalg.vector_norm(h, dim=-1).clamp_min(1e-300)  # (C,)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(_RESTARTS):
+        rel = best[2] / norm  # (C,)
+        bad = ((rel > _RESTART_FACTOR * rel.quantile(0.5)) & (rel > _RESTART_FLOOR)).nonzero()[:, 0]
+        if bad.numel() == 0:
+            break
+        rate = -torch.log(best[0][bad])  # (Cb, N) decay rates of the best poles
+        z = torch.randn(rate.shape, generator=g, dtype=torch.float64).to(h.device)  # (Cb, N)
+        s0 = (-rate * torch.exp(_RESTART_SPREAD * z)).clamp(_S_MIN, _S_MAX)  # (Cb, N)
+        got = _finish(h[bad], _refine(hw[bad], s0, iters, lam), float32)
+        merged = _keep_better((best[0][bad], best[1][bad], best[2][bad]), got)
+        for part, value in zip(best, merged, strict=True):
+            part[bad] = value
     return best
 
 
