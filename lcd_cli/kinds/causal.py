@@ -11,6 +11,7 @@ an extra start (order reduction within the class).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -42,14 +43,15 @@ PART = "ssm"
 F32_EVAL_WINDOW = 16384
 
 
-def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None
-               ) -> FitResult:
+def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None,
+               start: torch.Tensor | None = None) -> FitResult:
     """Fit (C, L) kernels at the settings' order, or to its tolerance, with the settings' pole
-    class (complex conjugate pairs, or real poles on (0, 1) with real residues)."""
+    class (complex conjugate pairs, or real poles on (0, 1) with real residues; ``start``:
+    (C, M) poles of another fit, one more start of a real fit at a fixed order)."""
     if settings.poles == "real":
         if settings.order is not None:
             return fit_real_modal(h, settings.order, device=settings.device, seed=settings.seed,
-                                  source=source)
+                                  source=source, start=start)
         assert settings.tol is not None
         return fit_real_modal_to_tolerance(h, settings.tol, settings.max_order,
                                            device=settings.device, seed=settings.seed,
@@ -94,7 +96,13 @@ class CausalKind(LayerKind):
                    ) -> LayerResult:
         start = time.perf_counter()
         h, _ = materialize(ckpt, planned.layer)  # (C, L) float64
-        fit = fit_kernel(h, settings, source_modes(ckpt, planned.layer))
+        source = source_modes(ckpt, planned.layer)
+        free = None
+        if settings.poles == "real" and settings.order is not None:
+            # The unconstrained fit at the same order: the constraint's cost in the report, and
+            # its pole moduli a start of the real fit.
+            free = fit_kernel(h, replace(settings, poles="complex"), source)
+        fit = fit_kernel(h, settings, source, None if free is None else free.poles)
         poles, residues = to_pairs(fit.poles), to_pairs(fit.residues)  # (C, N, 2) float32
         stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order)
         window = min(h.shape[1], F32_EVAL_WINDOW)
@@ -109,6 +117,9 @@ class CausalKind(LayerKind):
             # fit has rank <= N <= 2 ceil(N / 2), so the floor at order ceil(N / 2) bounds it.
             stats["poles"] = settings.poles
             stats["floor_real"] = hankel_floor(h, (fit.order + 1) // 2)[0]
+            if free is not None:
+                stats["rel_l2_complex"] = {"median": float(free.rel_l2.quantile(0.5)),
+                                           "max": float(free.rel_l2.max())}
         if settings.tol is not None:
             stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
         if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, cond(V)

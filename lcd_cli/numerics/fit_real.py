@@ -25,7 +25,10 @@ Method:
    b. a geometric grid of decay rates from 1/L to _GRID_RATE_MAX (no information about the
       kernel; robust where the subspace step sees mostly oscillation);
    c. an SSM source's own poles where they are real and positive (Evo 2 LI: exactly the
-      source's modes; with M > N the N of largest least-squares energy, modal truncation).
+      source's modes; with M > N the N of largest least-squares energy, modal truncation);
+   d. the moduli of another fit's poles when given (``start``: `lcd distill --poles real`
+      passes the unconstrained complex fit at the same order, whose poles on real-modal
+      kernels are mostly real already).
 2. Residues: real linear least squares for fixed poles, regularized for float32 evaluation:
    min ||h - E r||^2 + lam^2 ||S r||^2 (S = diag of E's column norms, lam = _EVAL_LAMBDA), by
    the SVD of the augmented system [E S^-1; lam I] (Tikhonov 1963): real exponentials with
@@ -280,7 +283,7 @@ def _real_source(source: Tensor | None) -> Tensor | None:
 
 
 def _fit_chunk(h: Tensor, order: int, seed: int, iters: int, float32: bool,
-               source: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+               source: Tensor | None, start: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """One chunk (C, L): poles, residues (C, N) float64 and the direct error (C,)."""
     c, length = h.shape
     hw = h[:, : min(length, _REFINE_WINDOW)]  # (C, W)
@@ -288,6 +291,8 @@ def _fit_chunk(h: Tensor, order: int, seed: int, iters: int, float32: bool,
               _grid(c, order, hw.shape[1], h.device)]
     if source is not None:
         starts.insert(0, _select(hw, source, order))
+    if start is not None:
+        starts.insert(0, _select(hw, start, order))
     best: tuple[Tensor, Tensor, Tensor] | None = None
     lam = _EVAL_LAMBDA if float32 else _F64_LAMBDA
     for s0 in starts:
@@ -320,7 +325,7 @@ def _fit_chunk(h: Tensor, order: int, seed: int, iters: int, float32: bool,
 
 def fit_real_modal(h: Tensor, order: int, *, device: str | torch.device | None = None,
                    seed: int = 0, refine_iters: int = _REFINE_ITERS, float32: bool = True,
-                   source: Tensor | None = None) -> FitResult:
+                   source: Tensor | None = None, start: Tensor | None = None) -> FitResult:
     """Fit every channel of h with `order` real modes, poles in (0, 1), real residues.
 
     Args:
@@ -332,6 +337,8 @@ def fit_real_modal(h: Tensor, order: int, *, device: str | torch.device | None =
         float32: parameters exactly representable in float32 and scored as such (default).
         source: (C, M) poles of an exact modal realization of h; used as a start when they
             are all real and positive (Evo 2 Hyena-LI), ignored otherwise.
+        start: (C, M) poles of another fit of h (e.g. the complex fit at this order): their
+            moduli are one more start (the N of largest energy when M > N).
     Returns:
         FitResult with poles (C, N) complex128 of zero imaginary part, 0 < p < 1, residues
         (C, N) complex128 of zero imaginary part, rel_l2 (C,) of exactly these values,
@@ -339,8 +346,9 @@ def fit_real_modal(h: Tensor, order: int, *, device: str | torch.device | None =
     """
     h = _check(h, order)
     c, length = h.shape
-    if source is not None and (source.ndim != 2 or source.shape[0] != c):
-        raise LcdError(f"source poles must be ({c}, M), got {tuple(source.shape)}")
+    for name, poles in (("source", source), ("start", start)):
+        if poles is not None and (poles.ndim != 2 or poles.shape[0] != c):
+            raise LcdError(f"{name} poles must be ({c}, M), got {tuple(poles.shape)}")
     dev = torch.device(device) if device is not None else h.device
     src = _real_source(source)
     w = min(length, _REFINE_WINDOW)
@@ -350,7 +358,8 @@ def fit_real_modal(h: Tensor, order: int, *, device: str | torch.device | None =
     for a in range(0, c, step):
         hc = h[a : a + step].to(dev)  # (Cc, L)
         sc = None if src is None else src[a : a + step].to(dev)  # (Cc, M)
-        p, r, e = _fit_chunk(hc, order, seed, refine_iters, float32, sc)
+        st = None if start is None else start[a : a + step].abs().to(dev, torch.float64)
+        p, r, e = _fit_chunk(hc, order, seed, refine_iters, float32, sc, st)
         poles.append(p.cpu())
         residues.append(r.cpu())
         err.append(e.cpu())
