@@ -115,3 +115,30 @@ def test_plan_refuses_what_the_engine_cannot_hold(tmp_path: Path) -> None:
         assert row["family"] == "evo2-li"
         assert sorted(row["add"]) == sorted(row["remove"])  # replaced under the same names
         assert row["add"] == [f"{row['name']}.log_poles", f"{row['name']}.residues"]
+
+
+def test_tolerance_run_pads_to_one_state_size_and_verifies(tmp_path: Path) -> None:
+    """--tol gives each LI layer its own order; the file holds one K (inert padding) and `lcd
+    verify` reads the layers back at their own orders and passes."""
+    ckpt = tmp_path / "evo2.safetensors"
+    assert lcd("example", "evo2", "-o", ckpt).exit_code == 0
+    out = tmp_path / "v.safetensors"
+    res = lcd("distill", ckpt, "--layout", "vortex", "--family", "evo2-li", "--tol", "3e-3",
+              "--max-order", 6, "--length", 151, "-o", out, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    report = yaml.safe_load((tmp_path / "v.report.yaml").read_text())
+    orders = {row["name"]: row["order"] for row in report["layers"]}
+    assert all(row["poles"] == "real" and "rel_l2_complex" not in row
+               for row in report["layers"])
+    k = max(orders.values())
+    assert min(orders.values()) < k  # the layers' orders differ: one is padded
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["lcd_state_size"] == str(k)
+        for name, n in orders.items():
+            lp = f.get_tensor(f"{name}.log_poles")
+            assert lp.shape[1:] == (k, 1)
+            assert bool((lp[:, n:] == torch.tensor(INERT_LOG_POLE, dtype=torch.float32)).all())
+    verdict = lcd("verify", out, "-r", ckpt, "--json")
+    assert verdict.exit_code == 0, verdict.output
+    rows = json.loads(verdict.stdout)["layers"]
+    assert [r["passed"] for r in rows] == [True] * len(orders)
