@@ -38,6 +38,7 @@ from rich.table import Table
 from lcd_cli import __version__
 from lcd_cli.bench import parse_lengths, plot_bench, require_matplotlib, run_bench, settings_for
 from lcd_cli.engines import stripedhyena as stripedhyena_engine
+from lcd_cli.engines import vortex as vortex_engine
 from lcd_cli.errors import LcdError
 from lcd_cli.examples import make_example, write_example
 from lcd_cli.families.config import builtin_configs
@@ -112,7 +113,7 @@ app = typer.Typer(
     add_completion=False,
 )
 command = app.command  # every command below uses _Command
-ENGINES = {"stripedhyena": stripedhyena_engine}  # `lcd verify --engine NAME`
+ENGINES = {"stripedhyena": stripedhyena_engine, "vortex": vortex_engine}  # `lcd verify --engine NAME`
 err = Console(stderr=True)
 out = Console()
 
@@ -423,7 +424,12 @@ def distill(
         "(<report stem>.log; for a folder, <folder>.log).")] = None,
     layout: Annotated[str, typer.Option(
         "--layout", help="Output layout: how the fitted SSMs are stored (lcd: <layer>.ssm.poles "
-        "/ .ssm.residues). See docs/architecture.md.")] = "lcd",
+        "/ .ssm.residues; stripedhyena and vortex: the engines' own keys, docs/engines.md). See "
+        "docs/architecture.md.")] = "lcd",
+    poles: Annotated[str | None, typer.Option(
+        "--poles", help="Pole class of the fit: complex (conjugate-pair modes, the default) or "
+        "real (poles on (0, 1) with real residues; what --layout vortex stores, and its "
+        "default there).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fitter's randomness.")] = 0,
     workers: Annotated[int | None, typer.Option(
@@ -456,7 +462,7 @@ def distill(
                             family=resolve_family(family), config=config, length=length,
                             output=output, report=report, force=force, layout=layout, device=dev,
                             seed=seed, argument=checkpoint, sets=sets, model_config=model_config,
-                            workers=workers)
+                            workers=workers, poles=poles)
         if dry_run:
             _print_plan(plan.describe(), as_json)
             return
@@ -574,7 +580,8 @@ def verify(
         "--record", help="Write the outcome into the report's 'verify:' section.")] = False,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="Also run both models in a real engine and compare their logits "
-        "(parallel and recurrent): stripedhyena. Needs model folders (config.json + weights).")
+        "(parallel and recurrent): stripedhyena, or vortex (Evo 2). Needs model folders "
+        "(the engine's config.json / config.yml + weights).")
     ] = None,
     engine_tol: Annotated[float | None, typer.Option(
         "--engine-tol", help="Largest logits relative error allowed with --engine [1e-2].")

@@ -122,7 +122,7 @@ def load_model(folder: Path) -> Any:
     return model.float().eval()
 
 
-def _stats(z: torch.Tensor, ref: torch.Tensor) -> tuple[float, int, int]:
+def logit_stats(z: torch.Tensor, ref: torch.Tensor) -> tuple[float, int, int]:
     """(||z - ref||^2, argmax matches, positions) of logits (B, T, V), in float64."""
     d = (z.double() - ref.double()).square().sum()
     same = (z.argmax(-1) == ref.argmax(-1)).sum()
@@ -166,7 +166,7 @@ def compare_logits(reference_folder: Path, distilled_folder: Path, *, batches: i
         z_par, _ = dist(tokens)  # (B, T, V)
         z_rec = recurrent_logits(dist, tokens, length // 2)  # (B, T, V)
         for name, z in (("parallel", z_par), ("recurrent", z_rec)):
-            for i, v in enumerate(_stats(z, z_ref)):
+            for i, v in enumerate(logit_stats(z, z_ref)):
                 totals[name][i] += v
     out: dict[str, Any] = {
         name: {"rel_err": (d / max(norm2, 1e-300)) ** 0.5, "top1": same / n}

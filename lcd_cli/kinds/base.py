@@ -51,6 +51,9 @@ class FitSettings:
     device: str | None = None
     seed: int = 0
     workers: int | None = None  # CPU worker processes per layer's fit (None: in-process)
+    # Pole class of a modal fit: "complex" (conjugate-pair modes, lcd_cli.numerics.fit) or
+    # "real" (poles on (0, 1), real residues: lcd_cli.numerics.fit_real; the vortex engine's)
+    poles: str = "complex"
 
 
 @dataclass
@@ -98,6 +101,8 @@ class LayerKind:
     # Whether each layer is fitted on its own (so the pipeline may fit, keep and reuse them
     # one at a time); False for kinds that fit their layers jointly.
     independent_layers: ClassVar[bool] = True
+    # Pole classes its fit offers (FitSettings.poles).
+    pole_classes: ClassVar[tuple[str, ...]] = ("complex",)
 
     def claims(self, config: FamilyConfig) -> bool:
         """Whether layers of this family config are of this kind."""

@@ -10,6 +10,7 @@ an extra start (order reduction within the class).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +40,8 @@ from lcd_cli.layouts.base import LayerResult, Layout
 from lcd_cli.numerics.checks import verify_layer
 from lcd_cli.numerics.compressibility import compressibility
 from lcd_cli.numerics.fit import FitResult, fit_modal, fit_modal_to_tolerance
-from lcd_cli.numerics.metrics import kernel_errors, rel_l2_f32eval, sample_channels
+from lcd_cli.numerics.fit_real import fit_real_modal, fit_real_modal_to_tolerance
+from lcd_cli.numerics.metrics import hankel_floor, kernel_errors, rel_l2_f32eval, sample_channels
 from lcd_cli.numerics.modal import from_pairs, to_pairs
 
 PART = "ssm"
@@ -49,10 +51,24 @@ F32_EVAL_WINDOW = 16384
 
 
 def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None,
-               on_step: OnStep | None = None, what: str = "") -> FitResult:
-    """Fit (C, L) kernels at the settings' order, or to its tolerance; ``on_step`` hears of
-    each chunk of channels fitted (and each bisection step), ``what`` prefixes its messages."""
+               on_step: OnStep | None = None, what: str = "",
+               start: torch.Tensor | None = None) -> FitResult:
+    """Fit (C, L) kernels at the settings' order, or to its tolerance, with the settings' pole
+    class (complex conjugate pairs, or real poles on (0, 1) with real residues; ``start``:
+    (C, M) poles of another fit, one more start of a real fit at a fixed order). ``on_step``
+    hears of each chunk of channels fitted (and each bisection step), ``what`` prefixes its
+    messages."""
     say = None if on_step is None else (lambda msg: on_step(f"{what}{msg}"))
+    if settings.poles == "real":
+        if say is not None:
+            say(f"real poles, {'N=' + str(settings.order) if settings.order else '--tol'}")
+        if settings.order is not None:
+            return fit_real_modal(h, settings.order, device=settings.device, seed=settings.seed,
+                                  source=source, start=start)
+        assert settings.tol is not None
+        return fit_real_modal_to_tolerance(h, settings.tol, settings.max_order,
+                                           device=settings.device, seed=settings.seed,
+                                           source=source)
     if settings.order is not None:
         order = settings.order
         chunks = None if say is None else (
@@ -75,6 +91,7 @@ def skip_term(distilled: Checkpoint, layer: Layer, D_ref: torch.Tensor | None
 
 class CausalKind(LayerKind):
     name: ClassVar[str] = "causal"
+    pole_classes: ClassVar[tuple[str, ...]] = ("complex", "real")
 
     def claims(self, config: FamilyConfig) -> bool:
         return config.causal
@@ -100,7 +117,13 @@ class CausalKind(LayerKind):
         h, _ = materialize(ckpt, planned.layer)  # (C, L) float64
         source = source_modes(ckpt, planned.layer)
         clock.lap("materialize")
-        fit = fit_kernel(h, settings, source, on_step)
+        free = None
+        if settings.poles == "real" and settings.order is not None:
+            # The unconstrained fit at the same order: the constraint's cost in the report, and
+            # its pole moduli a start of the real fit.
+            free = fit_kernel(h, replace(settings, poles="complex"), source, on_step,
+                              "complex start, ")
+        fit = fit_kernel(h, settings, source, on_step, start=None if free is None else free.poles)
         clock.lap("fit")
         if on_step:
             on_step(f"N={fit.order}: scoring the stored parameters")
@@ -114,6 +137,14 @@ class CausalKind(LayerKind):
         stats |= {"name": planned.name, "family": planned.layer.config.name,
                   "channels": planned.channels, "length": planned.length, "order": fit.order,
                   "method": fit.method, "seconds": clock.total(), "phases": clock.laps}
+        if settings.poles != "complex":
+            # The constraint's cost: "floor" bounds any N-mode fit (Hankel rank 2N); a real-pole
+            # fit has rank <= N <= 2 ceil(N / 2), so the floor at order ceil(N / 2) bounds it.
+            stats["poles"] = settings.poles
+            stats["floor_real"] = hankel_floor(h, (fit.order + 1) // 2)[0]
+            if free is not None:
+                stats["rel_l2_complex"] = {"median": float(free.rel_l2.quantile(0.5)),
+                                           "max": float(free.rel_l2.max())}
         if settings.tol is not None:
             stats["tol_met"] = bool(stats["rel_l2"]["max"] <= settings.tol)
         if facts := generator_info(ckpt, planned.layer):  # e.g. SSM state size, cond(V)

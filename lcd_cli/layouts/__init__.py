@@ -4,8 +4,10 @@ from lcd_cli.errors import LcdError
 from lcd_cli.layouts.base import LayerResult, Layout, SharedResult
 from lcd_cli.layouts.lcd import LcdLayout
 from lcd_cli.layouts.stripedhyena import StripedHyenaLayout
+from lcd_cli.layouts.vortex import VortexLayout
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (LcdLayout(), StripedHyenaLayout())}
+LAYOUTS: dict[str, Layout] = {layout.name: layout
+                              for layout in (LcdLayout(), StripedHyenaLayout(), VortexLayout())}
 
 
 def get_layout(name: str) -> Layout:

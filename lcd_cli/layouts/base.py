@@ -55,6 +55,12 @@ class Layout:
     """Maps fitted results to output tensors. Subclasses set ``name``."""
 
     name: ClassVar[str]
+    # The pole class the layout can store ("real": poles on (0, 1) and real residues), which
+    # `lcd distill` then fits; None: any.
+    poles: ClassVar[str | None] = None
+    # The model-folder config files this layout patches (:meth:`config_patch`), those present
+    # of them; JSON or YAML by suffix.
+    config_files: ClassVar[tuple[str, ...]] = ("config.json",)
 
     def part_keys(self, prefix: str, part: str) -> tuple[str, str]:
         """Full keys of a layer part's poles and residues."""

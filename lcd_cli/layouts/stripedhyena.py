@@ -141,7 +141,7 @@ class StripedHyenaLayout(Layout):
                            key=keys[1])
         poles = distilled.get(keys[0], torch.float64, finite=False)[:, :, 0]  # (C, K, 2)
         residues = distilled.get(keys[1], torch.float64, finite=False)[:, :, 0]  # (C, K, 2)
-        n = _recorded_order(distilled, prefix, poles.shape[1])
+        n = recorded_order(distilled, prefix, poles.shape[1])
         tail_p, tail_r = poles[:, n:], residues[:, n:]  # (C, K - N, 2)
         inert = bool((tail_r == 0).all() and (tail_p[..., 0] == INERT_POLE).all()
                      and (tail_p[..., 1] == 0).all())
@@ -150,7 +150,7 @@ class StripedHyenaLayout(Layout):
         return DiagonalSSM.from_pairs(poles, residues, D, dtype=torch.float64)
 
 
-def _recorded_order(distilled: Checkpoint, prefix: str, modes: int) -> int:
+def recorded_order(distilled: Checkpoint, prefix: str, modes: int) -> int:
     """The layer's fitted order from metadata ``lcd_order`` (K when not recorded)."""
     try:
         orders = json.loads(distilled.metadata.get("lcd_order", "{}"))

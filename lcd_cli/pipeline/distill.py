@@ -37,7 +37,7 @@ from lcd_cli.io.signals import Terminated
 from lcd_cli.kinds.base import OnLayer, OnStep
 from lcd_cli.layouts import LayerResult, SharedResult
 from lcd_cli.pipeline.distributed import Ranks, ranks, shutdown
-from lcd_cli.pipeline.folders import CONFIG_JSON, REPORT_NAME, auxiliary_files, patched_config
+from lcd_cli.pipeline.folders import REPORT_NAME, auxiliary_files, patched_config
 from lcd_cli.pipeline.plan import DistillPlan, KindGroup
 from lcd_cli.pipeline.progress import Progress
 from lcd_cli.pipeline.report import build_report
@@ -206,13 +206,14 @@ def write_folder(tmp: Path, plan: DistillPlan, ckpt: Checkpoint,
                  entries: dict[Path, list[OutEntry]], metadata: dict[str, str],
                  lcd_section: dict[str, Any], results: list[LayerResult]) -> list[Path]:
     """Fill a model folder: weights named like the input's, every non-weight file of the
-    input folder copied, config.json with its ``lcd`` section. Returns the weight files
+    input folder copied, the layout's config files (config.json by default) patched and
+    given an ``lcd`` section. Returns the weight files
     (index first) whose sha256 the report records."""
     assert plan.folder is not None
     for rel in auxiliary_files(plan.folder, ckpt.files):
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         src = plan.folder / rel
-        if rel.as_posix() == CONFIG_JSON:
+        if rel.as_posix() in plan.layout.config_files:
             (tmp / rel).write_text(patched_config(
                 src.read_text(), lcd_section, src,
                 lambda doc: plan.layout.config_patch(doc, results)))

@@ -17,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lcd_cli.errors import LcdError
 
 CONFIG_JSON = "config.json"
+YAML_SUFFIXES = (".yml", ".yaml")
 REPORT_NAME = "lcd.report.yaml"
 # Files that hold weights of some format: never copied into the distilled folder (the distilled
 # weights are written there; a stale copy of the original weights would be loaded instead).
@@ -80,15 +83,21 @@ def auxiliary_files(folder: Path, checkpoint_files: list[Path]) -> list[Path]:
 
 def patched_config(text: str, lcd_section: dict[str, Any], origin: Path,
                    patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
-    """config.json with the layout's changes (``patch``, e.g. an engine's state size) and the
-    ``lcd`` section added (JSON object required)."""
+    """A model config with the layout's changes (``patch``, e.g. an engine's state size) and
+    the ``lcd`` section added: JSON (config.json), or YAML when ``origin`` ends in .yml /
+    .yaml (an engine's own config, e.g. vortex's; rewritten without its comments). A mapping
+    is required."""
+    is_yaml = origin.suffix in YAML_SUFFIXES
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LcdError(f"config.json is not valid JSON ({e})", file=origin) from e
+        doc = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise LcdError(f"{origin.name} is not valid {'YAML' if is_yaml else 'JSON'} ({e})",
+                       file=origin) from e
     if not isinstance(doc, dict):
-        raise LcdError("config.json is not a JSON object", file=origin)
+        raise LcdError(f"{origin.name} is not a mapping", file=origin)
     if patch is not None:
         doc = patch(doc)
     doc["lcd"] = lcd_section
+    if is_yaml:
+        return yaml.safe_dump(doc, sort_keys=False)
     return json.dumps(doc, indent=2) + "\n"

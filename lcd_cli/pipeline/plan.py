@@ -98,6 +98,8 @@ class DistillPlan:
             "order": self.order, "tol": self.tol, "max_order": self.max_order,
             "layout": self.layout.name, "layers": layers, "skipped": self.skipped,
         }
+        if self.settings.poles != "complex":
+            desc["poles"] = self.settings.poles
         if shared_remove or shared_add:
             desc["shared"] = {"remove": shared_remove, "add": shared_add}
         return desc
@@ -144,6 +146,7 @@ def plan_distill(
     sets: list[str] | None = None,
     model_config: Path | None = None,
     workers: int | None = None,
+    poles: str | None = None,
 ) -> DistillPlan:
     """The plan for distilling ``ckpt`` (opened from ``argument``: a file, index or folder)."""
     if (order is None) == (tol is None):
@@ -155,6 +158,7 @@ def plan_distill(
     if max_order < 1:
         raise LcdError(f"--max-order {max_order} must be at least 1")
     chosen_layout = get_layout(layout)
+    pole_class = resolve_poles(poles, chosen_layout)
     options = {"length": length} if length is not None else None
     found = select_configs(ckpt, family, config, options, sets=sets, model_config=model_config)
     groups: dict[str, KindGroup] = {}
@@ -182,6 +186,12 @@ def plan_distill(
         raise LcdError("no layer to distill (every layer found is marked distill: false)",
                        file=ckpt.source)
     for g in groups.values():  # what a kind cannot do, before any tensor is loaded
+        if pole_class not in g.kind.pole_classes:
+            raise LcdError(f"--poles {pole_class}: {g.kind.name} layers (e.g. "
+                           f"'{g.layers[0].name}') are fitted with "
+                           f"{' or '.join(g.kind.pole_classes)} poles only", key="poles",
+                           hint="restrict the run to other layers with --family, or use "
+                                "--poles complex")
         others = [p for o in groups.values() if o is not g for p in o.layers]
         g.kind.check_plan(ckpt, g.layers, others)
     chosen_layout.check_plan(ckpt, [(p.layer, g.kind.parts(p.layer)) for g in groups.values()
@@ -195,7 +205,8 @@ def plan_distill(
     if workers is not None and workers < 1:
         raise LcdError(f"--workers {workers} must be at least 1", key="workers")
     settings = FitSettings(order, tol, max_order, device=device, seed=seed,
-                           workers=default_workers(device) if workers is None else workers)
+                           workers=default_workers(device) if workers is None else workers,
+                           poles=pole_class)
     configs = {cfg.name: echo_config(cfg) for cfg, _ in found}
     plan = DistillPlan(ckpt.source, output, report, list(groups.values()), skipped, settings,
                        chosen_layout, ckpt.sharded, configs, folder)
@@ -208,6 +219,23 @@ def plan_distill(
         targets.append(Target(report, "file", label="report"))
     plan.transaction = OutputTransaction(targets, inputs=ckpt.inputs, force=force)
     return plan
+
+
+POLE_CLASSES = ("complex", "real")
+
+
+def resolve_poles(poles: str | None, layout: Layout) -> str:
+    """The pole class to fit: the one asked for (--poles), else the layout's, else complex.
+    A layout that stores one class only refuses the other."""
+    if poles is not None and poles not in POLE_CLASSES:
+        raise LcdError(f"unknown pole class '{poles}'", key="poles",
+                       hint=f"choose one of {', '.join(POLE_CLASSES)}")
+    if layout.poles is not None and poles is not None and poles != layout.poles:
+        raise LcdError(f"--layout {layout.name} stores {layout.poles} poles only, not --poles "
+                       f"{poles}", key="poles",
+                       hint=f"drop --poles (the {layout.name} layout fits {layout.poles} poles), "
+                            "or use --layout lcd for complex poles")
+    return poles or layout.poles or "complex"
 
 
 def planned_bytes(ckpt: Checkpoint, plan: DistillPlan) -> int:

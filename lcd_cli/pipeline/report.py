@@ -79,7 +79,9 @@ def build_report(plan: DistillPlan, results: list[LayerResult], shared: list[Sha
                    "files": [str(f) for f in files or [plan.output]]},
         "report": {"path": str(plan.report)},
         "settings": {"order": plan.order, "tol": plan.tol, "max_order": plan.max_order,
-                     "layout": plan.layout.name, "workers": plan.settings.workers or 1},
+                     "layout": plan.layout.name, "workers": plan.settings.workers or 1,
+                     **({"poles": plan.settings.poles}
+                        if plan.settings.poles != "complex" else {})},
         "tolerance": plan.tol,
         "configs": plan.configs,
         "layer_options": {p.name: layer_options(p.layer) for p in plan.layers},

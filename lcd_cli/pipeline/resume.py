@@ -38,6 +38,8 @@ class ResumeStore:
         self._base = {"source": source_sha, "order": settings.order, "tol": settings.tol,
                       "max_order": settings.max_order, "seed": settings.seed, "layout": layout,
                       "lcd": __version__}
+        if settings.poles != "complex":  # keys of complex fits stay those of earlier versions
+            self._base["poles"] = settings.poles
         self.reused: list[str] = []
         self.saved: list[str] = []
 
