@@ -1278,11 +1278,11 @@ def fit_modal(
         source: (C, M) complex poles of an exact modal realization h = Re sum R p^t (an
             SSM-parameterised layer, see ``Materializer.modes``): one more start per channel,
             kept where it scores better.
-        workers: None or 1 = fit here, with the caller's torch threads; 0 = one worker
-            process per core (os.sched_getaffinity); n >= 2 = n worker processes with one
-            torch thread each, CPU only. The channels are cut into the same chunks whatever
-            the count (from C and N alone), so the results do not depend on it: they are bit
-            for bit those of workers=1 run with one torch thread.
+        workers: None or 1 = fit here, with one torch thread (numerics.parallel.one_thread;
+            the caller's count is restored after); 0 = one worker process per core
+            (os.sched_getaffinity); n >= 2 = n worker processes with one torch thread each,
+            CPU only. The channels are cut into the same chunks whatever the count (from C
+            and N alone), so the results do not depend on it: bit for bit the same.
     Returns:
         FitResult with poles/residues (C, N) complex128, rel_l2 (C,) of exactly these
         parameters (computed directly in float64), method "era+vp-lm".

@@ -57,6 +57,7 @@ from torch import Tensor
 from lcd_cli.errors import LcdError
 from lcd_cli.numerics.fit import FitResult, rel_l2_error
 from lcd_cli.numerics.hankel import hankel_shape, hankel_svd
+from lcd_cli.numerics.parallel import one_thread
 
 _R_MAX = 1.0 - 1e-6  # pole cap: strictly below 1, also after float32 rounding
 _R_MIN = 1e-6  # pole floor: strictly above 0, so log p is finite
@@ -355,14 +356,15 @@ def fit_real_modal(h: Tensor, order: int, *, device: str | torch.device | None =
     per = max(1, _CHUNK_WORDS // max(1, 4 * w * order))
     step = max(1, min(_CHUNK_CHANNELS, per))
     poles, residues, err = [], [], []
-    for a in range(0, c, step):
-        hc = h[a : a + step].to(dev)  # (Cc, L)
-        sc = None if src is None else src[a : a + step].to(dev)  # (Cc, M)
-        st = None if start is None else start[a : a + step].abs().to(dev, torch.float64)
-        p, r, e = _fit_chunk(hc, order, seed, refine_iters, float32, sc, st)
-        poles.append(p.cpu())
-        residues.append(r.cpu())
-        err.append(e.cpu())
+    with one_thread():  # small batched solves: MKL threads cost more than they gain
+        for a in range(0, c, step):
+            hc = h[a : a + step].to(dev)  # (Cc, L)
+            sc = None if src is None else src[a : a + step].to(dev)  # (Cc, M)
+            st = None if start is None else start[a : a + step].abs().to(dev, torch.float64)
+            p, r, e = _fit_chunk(hc, order, seed, refine_iters, float32, sc, st)
+            poles.append(p.cpu())
+            residues.append(r.cpu())
+            err.append(e.cpu())
     p_all = torch.cat(poles) if poles else torch.empty(0, order, dtype=torch.float64)
     r_all = torch.cat(residues) if residues else torch.empty(0, order, dtype=torch.float64)
     e_all = torch.cat(err) if err else torch.empty(0, dtype=torch.float64)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -54,6 +55,23 @@ def resolve_workers(workers: int | None) -> int:
             hint="use 1 (in-process), 0 (one worker per core) or a worker count",
         )
     return cpu_count() if workers == 0 else workers
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch (intra-op) thread, then restore the caller's count.
+
+    The fitter's work is many small batched LAPACK calls and (C, 4N, 4N) products; on the CPU
+    MKL's thread pool costs more there than it gains (2 threads: 2-10x slower when the other
+    core is busy, and measured 4x slower on an idle 2-core VM for a real-pole --tol fit), and
+    one thread makes an in-process fit bit for bit a worker's. Worker processes are the
+    parallelism."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _init_worker() -> None:
@@ -89,8 +107,8 @@ def run_jobs(
 ) -> list[Any]:
     """[fn(*job) for job in jobs], in job order.
 
-    With workers <= 1 (or a single job) the jobs run here, one after the other, with the
-    caller's torch threads; else in min(workers, len(jobs)) spawned processes with one torch
+    With workers <= 1 (or a single job) the jobs run here, one after the other, with one torch
+    thread (:func:`one_thread`); else in min(workers, len(jobs)) spawned processes with one torch
     thread each. `fn` must be a module-level function (it is pickled by name).
 
     Args:
@@ -100,10 +118,11 @@ def run_jobs(
     """
     if workers <= 1 or len(jobs) <= 1:
         out = []
-        for i, job in enumerate(jobs):
-            out.append(fn(*job))
-            if done is not None:
-                done(i)
+        with one_thread():
+            for i, job in enumerate(jobs):
+                out.append(fn(*job))
+                if done is not None:
+                    done(i)
         return out
     count = min(workers, len(jobs))
     pool = _pool(count)
@@ -132,4 +151,4 @@ def run_jobs(
     return results
 
 
-__all__ = ["cpu_count", "resolve_workers", "run_jobs"]
+__all__ = ["cpu_count", "one_thread", "resolve_workers", "run_jobs"]
