@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 source scripts/_install.sh --test
 echo "[test] ruff check lcd_cli tests scripts" >&2
 "$PY" -m ruff check lcd_cli tests scripts
-echo "[test] pytest -q $*" >&2
-"$PY" -m pytest -q "$@"
+echo "[test] pytest -q -rs $*" >&2
+"$PY" -m pytest -q -rs "$@"

@@ -52,8 +52,9 @@ Method:
    kernels 5.7e-4 off, up to 1e1 on double-pole kernels). So the chosen fit is evaluated as
    engines do over the first _F32_WINDOW samples (`_f32_guard`; channels whose modelled gap,
    `_f32_bound`, cannot reach the trigger are not evaluated); channels where that adds
-   more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN)
-   are re-solved with a penalty modelled on the complex64 evaluation error or a stronger
+   more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN),
+   and whose modes cancel (sum |R| > _F32_CANCEL max |h|; else the gap is complex64's own
+   evaluation noise, which no re-solve removes), are re-solved with a penalty modelled on the complex64 evaluation error or a stronger
    Tikhonov term, with near-real poles snapped onto or moved off the real axis and close pole
    pairs moved apart (a fake double pole at any angle), and keep the candidate with the lowest
    complex64-evaluated error. Other channels keep their parameters bit for bit.
@@ -120,6 +121,13 @@ _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the medi
 _F32_WINDOW = 8192
 _F32_GAP_MIN = 1e-6
 _F32_GAP_RATIO = 10.0
+# ... and only where the modes cancel: sum_n |R_n| above this multiple of max_t |h[t]|. Without
+# cancellation the gap is complex64's own evaluation noise (phase drift of slow modes: 1e-6 to
+# 1.2e-5 on the StripedHyena example's exact fits at L = 8192, whose sum |R| / max |h| is 1.9
+# median, 7 at most), which no re-solve removes: the guard then cost 3.4x the fit's time and
+# traded float64 errors of 1e-14 for 1e-9 with the same gap. Cancelling fits are far above
+# (f32_fidelity: 177 for slow poles, 4.9e8 near-real; double poles likewise).
+_F32_CANCEL = 20.0
 _F32_ROWS = 4096  # channel rows x modes scored at once: (rows, N, 4096) complex64 temporaries
 # Screen before the (costly) complex64 evaluation: the modelled bound of `_f32_bound` was at
 # least 1.8x the measured gap on every channel of the f32_fidelity cases (L 63..2048, N 4 and
@@ -1082,7 +1090,9 @@ def _f32_guard(h: Tensor, poles: Tensor, res: Tensor, err: Tensor
     floor = torch.full_like(err, _F32_GAP_MIN)  # (C,) the least gap that can trigger
     if length <= window:  # the window's float64 error is the direct one
         floor = torch.maximum(floor, _relative(err, h) / _F32_GAP_RATIO)
-    seen = (_F32_SCREEN * _f32_bound(h, poles, res, window) > floor).nonzero()[:, 0]  # (Cs,)
+    cancel = res.abs().sum(-1) > _F32_CANCEL * h.abs().amax(-1)  # (C,) the modes cancel
+    seen = ((_F32_SCREEN * _f32_bound(h, poles, res, window) > floor)
+            & cancel).nonzero()[:, 0]  # (Cs,)
     if not seen.numel():
         return poles, res, err
     e64, gap, _ = _f32_errors(h[seen], poles[seen], res[seen])  # (Cs,) each
