@@ -54,10 +54,11 @@ Method:
    `_f32_bound`, cannot reach the trigger are not evaluated); channels where that adds
    more than a tenth of their float64 error (_F32_GAP_RATIO, above the noise _F32_GAP_MIN),
    and whose modes cancel (sum |R| > _F32_CANCEL max |h|; else the gap is complex64's own
-   evaluation noise, which no re-solve removes), are re-solved with a penalty modelled on the complex64 evaluation error or a stronger
-   Tikhonov term, with near-real poles snapped onto or moved off the real axis and close pole
-   pairs moved apart (a fake double pole at any angle), and keep the candidate with the lowest
-   complex64-evaluated error. Other channels keep their parameters bit for bit.
+   evaluation noise, which no re-solve removes), are re-solved with a penalty modelled on
+   the complex64 evaluation error or a stronger Tikhonov term, with near-real poles snapped
+   onto or moved off the real axis and close pole pairs moved apart (a fake double pole at any
+   angle), and keep the candidate with the lowest complex64-evaluated error. Other channels
+   keep their parameters bit for bit.
 5. Parallel fitting: the chunks are independent jobs (`lcd_cli.numerics.parallel`); worker
    processes with one torch thread each give bit for bit the in-process results.
 """
