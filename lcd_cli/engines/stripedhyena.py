@@ -26,6 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from lcd_cli.engines.logits import compare_models
 from lcd_cli.errors import LcdError
 
 INSTALL = "pip install --no-deps stripedhyena==0.2.2 einops tokenizers tqdm"
@@ -122,13 +123,6 @@ def load_model(folder: Path) -> Any:
     return model.float().eval()
 
 
-def logit_stats(z: torch.Tensor, ref: torch.Tensor) -> tuple[float, int, int]:
-    """(||z - ref||^2, argmax matches, positions) of logits (B, T, V), in float64."""
-    d = (z.double() - ref.double()).square().sum()
-    same = (z.argmax(-1) == ref.argmax(-1)).sum()
-    return float(d), int(same), int(ref.shape[0] * ref.shape[1])
-
-
 @torch.no_grad()
 def recurrent_logits(model: Any, tokens: torch.Tensor, prompt: int) -> torch.Tensor:
     """Logits (B, T, V): the engine's stateful prefill on tokens[:, :prompt], then one
@@ -142,36 +136,10 @@ def recurrent_logits(model: Any, tokens: torch.Tensor, prompt: int) -> torch.Ten
     return torch.cat(steps, dim=1)  # (B, T, V)
 
 
-@torch.no_grad()
 def compare_logits(reference_folder: Path, distilled_folder: Path, *, batches: int = 4,
                    length: int = 256, seed: int = 0, batch_size: int = 2) -> dict[str, Any]:
-    """Logits of the distilled model against the reference's, parallel and recurrent.
-
-    Returns {"parallel": {"rel_err", "top1"}, "recurrent": {"rel_err", "top1"}, "tokens",
-    "batches", "length", "seed", "state_size"}; rel_err over all logits, top1 the fraction
-    of positions whose argmax agrees with the reference's parallel logits.
-    """
-    if batches < 1 or batch_size < 1 or length < 2:
-        raise LcdError(f"need batches >= 1, batch_size >= 1 and length >= 2, got {batches}, "
-                       f"{batch_size}, {length}")
-    ref, dist = load_model(reference_folder), load_model(distilled_folder)
-    vocab = int(ref.config.vocab_size)
-    g = torch.Generator().manual_seed(seed)
-    norm2 = 0.0
-    totals = {"parallel": [0.0, 0, 0], "recurrent": [0.0, 0, 0]}
-    for _ in range(batches):
-        tokens = torch.randint(0, vocab, (batch_size, length), generator=g)  # (B, T)
-        z_ref, _ = ref(tokens)  # (B, T, V)
-        norm2 += float(z_ref.double().square().sum())
-        z_par, _ = dist(tokens)  # (B, T, V)
-        z_rec = recurrent_logits(dist, tokens, length // 2)  # (B, T, V)
-        for name, z in (("parallel", z_par), ("recurrent", z_rec)):
-            for i, v in enumerate(logit_stats(z, z_ref)):
-                totals[name][i] += v
-    out: dict[str, Any] = {
-        name: {"rel_err": (d / max(norm2, 1e-300)) ** 0.5, "top1": same / n}
-        for name, (d, same, n) in totals.items()
-    }
-    out |= {"tokens": batches * batch_size * length, "batches": batches, "length": length,
-            "seed": seed, "state_size": int(dist.config.state_size)}
-    return out
+    """Logits of the distilled model against the reference's, parallel and recurrent, in this
+    engine (``engines.logits.compare_models``)."""
+    return compare_models(load_model, recurrent_logits, reference_folder, distilled_folder,
+                          batches=batches, length=length, seed=seed, batch_size=batch_size,
+                          first_token=0)

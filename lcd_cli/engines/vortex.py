@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from lcd_cli.engines.stripedhyena import logit_stats, read_config, read_weights
+from lcd_cli.engines.logits import compare_models
+from lcd_cli.engines.stripedhyena import read_config, read_weights
 from lcd_cli.errors import LcdError
 
 INSTALL = "pip install vtx==1.1.0 (with its CUDA dependencies: flash-attn, triton)"
@@ -108,35 +109,10 @@ def recurrent_logits(model: Any, tokens: torch.Tensor, prompt: int) -> torch.Ten
     return torch.cat(steps, dim=1)  # (B, T, V)
 
 
-@torch.no_grad()
 def compare_logits(reference_folder: Path, distilled_folder: Path, *, batches: int = 4,
                    length: int = 256, seed: int = 0, batch_size: int = 2) -> dict[str, Any]:
-    """Logits of the distilled model against the reference's, parallel and recurrent.
-
-    Returns {"parallel": {"rel_err", "top1"}, "recurrent": {"rel_err", "top1"}, "tokens",
-    "batches", "length", "seed", "state_size"}, as ``engines.stripedhyena.compare_logits``.
-    """
-    if batches < 1 or batch_size < 1 or length < 2:
-        raise LcdError(f"need batches >= 1, batch_size >= 1 and length >= 2, got {batches}, "
-                       f"{batch_size}, {length}")
-    ref, dist = load_model(reference_folder), load_model(distilled_folder)
-    vocab = int(ref.config.vocab_size)
-    g = torch.Generator().manual_seed(seed)
-    norm2 = 0.0
-    totals = {"parallel": [0.0, 0, 0], "recurrent": [0.0, 0, 0]}
-    for _ in range(batches):
-        tokens = torch.randint(1, vocab, (batch_size, length), generator=g)  # (B, T)
-        z_ref, _ = ref(tokens)  # (B, T, V)
-        norm2 += float(z_ref.double().square().sum())
-        z_par, _ = dist(tokens)  # (B, T, V)
-        z_rec = recurrent_logits(dist, tokens, length // 2)  # (B, T, V)
-        for name, z in (("parallel", z_par), ("recurrent", z_rec)):
-            for i, v in enumerate(logit_stats(z, z_ref)):
-                totals[name][i] += v
-    out: dict[str, Any] = {
-        name: {"rel_err": (d / max(norm2, 1e-300)) ** 0.5, "top1": same / n}
-        for name, (d, same, n) in totals.items()
-    }
-    out |= {"tokens": batches * batch_size * length, "batches": batches, "length": length,
-            "seed": seed, "state_size": int(dist.config.state_size)}
-    return out
+    """Logits of the distilled model against the reference's, parallel and recurrent, in this
+    engine (``engines.logits.compare_models``)."""
+    return compare_models(load_model, recurrent_logits, reference_folder, distilled_folder,
+                          batches=batches, length=length, seed=seed, batch_size=batch_size,
+                          first_token=1)  # token ids from 1, as this client has drawn them
