@@ -128,6 +128,19 @@ class LayerKind:
 
     def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
             on_layer: OnLayer | None = None, on_step: OnStep | None = None) -> KindOutput:
+        """By default each layer on its own (:meth:`_fit_layer`), in plan order; a kind that
+        fits its layers jointly overrides this."""
+        results = []
+        for p in planned:
+            res = self._fit_layer(ckpt, p, settings, on_step)
+            results.append(res)
+            if on_layer:
+                on_layer(res)
+        return KindOutput(results)
+
+    def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings,
+                   on_step: OnStep | None = None) -> LayerResult:
+        """One layer: materialize, fit, score (kinds with independent layers)."""
         raise NotImplementedError
 
     def verify(self, distilled: Checkpoint, ref: Checkpoint, layers: list[Layer],

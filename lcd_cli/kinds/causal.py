@@ -27,9 +27,7 @@ from lcd_cli.families.view import Layer
 from lcd_cli.io.checkpoint import Checkpoint
 from lcd_cli.kinds.base import (
     FitSettings,
-    KindOutput,
     LayerKind,
-    OnLayer,
     OnStep,
     PhaseClock,
     PlannedLayer,
@@ -98,16 +96,6 @@ class CausalKind(LayerKind):
 
     def parts(self, layer: Layer) -> list[str]:
         return [PART]
-
-    def fit(self, ckpt: Checkpoint, planned: list[PlannedLayer], settings: FitSettings,
-            on_layer: OnLayer | None = None, on_step: OnStep | None = None) -> KindOutput:
-        results = []
-        for p in planned:
-            res = self._fit_layer(ckpt, p, settings, on_step)
-            results.append(res)
-            if on_layer:
-                on_layer(res)
-        return KindOutput(results)
 
     def _fit_layer(self, ckpt: Checkpoint, planned: PlannedLayer, settings: FitSettings,
                    on_step: OnStep | None = None) -> LayerResult:
