@@ -28,9 +28,8 @@ second SSM or a shared basis that its block has no place for: :meth:`check_plan`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -38,30 +37,13 @@ from torch import Tensor
 from lcd_cli.errors import LcdError
 from lcd_cli.families.view import Layer
 from lcd_cli.io.checkpoint import Checkpoint
-from lcd_cli.layouts.base import LayerResult, Layout
+from lcd_cli.layouts.one_state import PART, OneStateSizeLayout, recorded_order
 from lcd_cli.numerics.ssm import DiagonalSSM
 
-PART = "ssm"  # the one part this layout stores (a causal layer's SSM)
 # Pole of a padding mode: finite and non-zero (log 0 = -inf gives NaN in the engine's
 # exp(t log p)), inside the unit circle (its state stays bounded), real (no phase to round).
 INERT_POLE = 0.5
-STATE_SIZE_KEY = "lcd_state_size"  # metadata: K, the engine config's state_size
 ENGINE_KEYS = ("poles", "residues")  # the engine filter's parameters, relative to the prefix
-
-
-def state_size(results: Sequence[LayerResult]) -> int:
-    """K: the largest fitted order over the run's layers."""
-    if not results:
-        raise ValueError("state_size of no layer")
-    return max(_part(r)[0].shape[1] for r in results)
-
-
-def _part(result: LayerResult) -> tuple[Tensor, Tensor]:
-    if set(result.parts) != {PART}:
-        raise LcdError(f"layer '{result.name}' has parts {sorted(result.parts)}; the stripedhyena "
-                       f"layout stores one causal SSM ('{PART}') per layer", key="layout",
-                       hint="use --layout lcd for this checkpoint")
-    return result.parts[PART]
 
 
 def pad_modes(poles: Tensor, residues: Tensor, modes: int) -> tuple[Tensor, Tensor]:
@@ -75,7 +57,7 @@ def pad_modes(poles: Tensor, residues: Tensor, modes: int) -> tuple[Tensor, Tens
     return torch.cat([poles, pad_p], dim=1), torch.cat([residues, pad_r], dim=1)  # (C, K, 2)
 
 
-class StripedHyenaLayout(Layout):
+class StripedHyenaLayout(OneStateSizeLayout):
     name: ClassVar[str] = "stripedhyena"
 
     def part_keys(self, prefix: str, part: str) -> tuple[str, str]:
@@ -104,23 +86,9 @@ class StripedHyenaLayout(Layout):
                            hint="use --layout lcd (the default), and the drop-in module "
                                 "lcd_cli.runtime for model code (docs/engines.md)")
 
-    def layer_tensors(self, result: LayerResult, results: Sequence[LayerResult] = ()
-                      ) -> list[tuple[str, Tensor]]:
-        if not any(r is result for r in results):
-            raise ValueError("the stripedhyena layout needs every layer of the run (results)")
-        poles, residues = _part(result)  # (C, N, 2)
-        poles, residues = pad_modes(poles, residues, state_size(results))  # (C, K, 2)
-        kp, kr = self.part_keys(result.name, PART)
-        return [(kp, poles[:, :, None].contiguous()),  # (C, K, 1, 2)
-                (kr, residues[:, :, None].contiguous())]  # (C, K, 1, 2)
-
-    def metadata(self, results: list[LayerResult]) -> dict[str, str]:
-        return {STATE_SIZE_KEY: str(state_size(results))} if results else {}
-
-    def config_patch(self, config: dict[str, Any], results: Sequence[LayerResult]
-                     ) -> dict[str, Any]:
-        """The engine config (config.json / the engine's YAML) with ``state_size = K``."""
-        return {**config, "state_size": state_size(results)}
+    def engine_part(self, poles: Tensor, residues: Tensor, modes: int) -> list[Tensor]:
+        poles, residues = pad_modes(poles, residues, modes)  # (C, K, 2)
+        return [poles[:, :, None].contiguous(), residues[:, :, None].contiguous()]  # (C, K, 1, 2)
 
     def read_part(self, distilled: Checkpoint, prefix: str, part: str, D: Tensor | None,
                   channels: int, hint: str | None = None) -> DiagonalSSM:
@@ -148,17 +116,3 @@ class StripedHyenaLayout(Layout):
         if inert:
             poles, residues = poles[:, :n], residues[:, :n]  # (C, N, 2)
         return DiagonalSSM.from_pairs(poles, residues, D, dtype=torch.float64)
-
-
-def recorded_order(distilled: Checkpoint, prefix: str, modes: int) -> int:
-    """The layer's fitted order from metadata ``lcd_order`` (K when not recorded)."""
-    try:
-        orders = json.loads(distilled.metadata.get("lcd_order", "{}"))
-    except json.JSONDecodeError as e:
-        raise LcdError(f"lcd_order metadata is not valid JSON ({e})", file=distilled.source,
-                       key="__metadata__.lcd_order") from e
-    order = orders.get(prefix, modes) if isinstance(orders, dict) else modes
-    if not isinstance(order, int) or not 1 <= order <= modes:
-        raise LcdError(f"recorded order {order!r} of '{prefix}' does not fit the stored {modes} "
-                       "modes", file=distilled.source, key="__metadata__.lcd_order")
-    return order

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -46,31 +46,13 @@ from torch import Tensor
 from lcd_cli.errors import LcdError
 from lcd_cli.families.view import Layer
 from lcd_cli.io.checkpoint import Checkpoint
-from lcd_cli.layouts.base import LayerResult, Layout
-from lcd_cli.layouts.stripedhyena import recorded_order
+from lcd_cli.layouts.one_state import PART, OneStateSizeLayout, recorded_order
 from lcd_cli.numerics.ssm import DiagonalSSM
 
-PART = "ssm"  # the one part this layout stores (a causal layer's SSM)
 INERT_LOG_POLE = math.log(0.5)  # log-pole of a padding mode: finite, decaying, exact in float32
-STATE_SIZE_KEY = "lcd_state_size"  # metadata: K, the engine config's state_size
 ENGINE_KEYS = ("log_poles", "residues")  # the engine filter's parameters, relative to the prefix
 HINT = ("distill only the Hyena-LI layers with --family evo2-li (Hyena-MR / SE layers are then "
         "copied unchanged), or use --layout lcd")
-
-
-def _part(result: LayerResult) -> tuple[Tensor, Tensor]:
-    if set(result.parts) != {PART}:
-        raise LcdError(f"layer '{result.name}' has parts {sorted(result.parts)}; the vortex "
-                       f"layout stores one causal SSM ('{PART}') per layer", key="layout",
-                       hint="use --layout lcd for this checkpoint")
-    return result.parts[PART]
-
-
-def state_size(results: Sequence[LayerResult]) -> int:
-    """K: the largest fitted order over the run's layers."""
-    if not results:
-        raise ValueError("state_size of no layer")
-    return max(_part(r)[0].shape[1] for r in results)
 
 
 def engine_tensors(poles: Tensor, residues: Tensor, modes: int) -> tuple[Tensor, Tensor]:
@@ -92,7 +74,7 @@ def engine_tensors(poles: Tensor, residues: Tensor, modes: int) -> tuple[Tensor,
     return log_p.to(torch.float32)[:, :, None].contiguous(), res  # (C, K, 1), (C, K)
 
 
-class VortexLayout(Layout):
+class VortexLayout(OneStateSizeLayout):
     name: ClassVar[str] = "vortex"
     poles: ClassVar[str | None] = "real"
     config_files: ClassVar[tuple[str, ...]] = ("config.json", "config.yml", "config.yaml")
@@ -130,22 +112,8 @@ class VortexLayout(Layout):
             raise LcdError(f"--layout vortex cannot store {len(problems)} layer(s): "
                            + "; ".join(problems), file=ckpt.source, key="layout", hint=HINT)
 
-    def layer_tensors(self, result: LayerResult, results: Sequence[LayerResult] = ()
-                      ) -> list[tuple[str, Tensor]]:
-        if not any(r is result for r in results):
-            raise ValueError("the vortex layout needs every layer of the run (results)")
-        poles, residues = _part(result)  # (C, N, 2)
-        log_p, res = engine_tensors(poles, residues, state_size(results))
-        kp, kr = self.part_keys(result.name, PART)
-        return [(kp, log_p), (kr, res)]  # (C, K, 1), (C, K)
-
-    def metadata(self, results: list[LayerResult]) -> dict[str, str]:
-        return {STATE_SIZE_KEY: str(state_size(results))} if results else {}
-
-    def config_patch(self, config: dict[str, Any], results: Sequence[LayerResult]
-                     ) -> dict[str, Any]:
-        """The engine config (its YAML, or config.json) with ``state_size = K``."""
-        return {**config, "state_size": state_size(results)}
+    def engine_part(self, poles: Tensor, residues: Tensor, modes: int) -> list[Tensor]:
+        return list(engine_tensors(poles, residues, modes))  # (C, K, 1), (C, K)
 
     def read_part(self, distilled: Checkpoint, prefix: str, part: str, D: Tensor | None,
                   channels: int, hint: str | None = None) -> DiagonalSSM:
