@@ -15,16 +15,14 @@ prompt, then ``step(v_t, state)`` per token, with y_t = conv(v, k)_t + D v_t in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import yaml
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.families.config import parse_config
+from lcd_cli.families.config import recorded_configs
 from lcd_cli.io.checkpoint import Checkpoint, open_checkpoint
 from lcd_cli.layouts import get_layout
 from lcd_cli.numerics.ssm import DiagonalSSM, fft_conv
@@ -113,17 +111,7 @@ class DistilledFilter(nn.Module):
 
 def _recorded_skip_key(ckpt: Checkpoint, prefix: str) -> str | None:
     """The skip term's key from the family config recorded in metadata ``lcd_config``."""
-    raw = ckpt.metadata.get("lcd_config")
-    if raw is None:
-        raise LcdError("no lcd_config metadata: this checkpoint was not written by `lcd distill`",
-                       file=ckpt.source, hint="pass the output of `lcd distill`")
-    try:
-        docs = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise LcdError(f"lcd_config metadata is not valid JSON ({e})", file=ckpt.source,
-                       key="__metadata__.lcd_config") from e
-    for name, doc in docs.items():
-        cfg = parse_config(yaml.safe_dump(doc), f"{ckpt.source}:lcd_config[{name}]")
+    for cfg in recorded_configs(ckpt):
         match = cfg.layer.fullmatch(prefix)
         if match and cfg.skip:
             key = cfg.skip.format(prefix=prefix, **match.groupdict())

@@ -8,15 +8,19 @@ every problem at once.
 
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lcd_cli.errors import LcdError
 from lcd_cli.families.kernels import MATERIALIZERS, Materializer
 from lcd_cli.families.safe_yaml import parse_yaml, read_text
 from lcd_cli.families.spec import Ambiguity, ConfigKey, FamilyConfig
+from lcd_cli.io.checkpoint import Checkpoint
 
 _FIELDS = {
     "name": str, "family": str, "description": str, "source": str, "layer": str,
@@ -226,3 +230,26 @@ def parse_config(text: str, origin: str) -> FamilyConfig:
         model_config=model_config, ambiguous=ambiguous, identify=identify,
         path=origin, raw=doc,
     )
+
+
+RECORDED_CONFIG_KEY = "__metadata__.lcd_config"
+
+
+def recorded_configs(ckpt: Checkpoint) -> list[FamilyConfig]:
+    """The family configs `lcd distill` recorded in a checkpoint's metadata ``lcd_config``
+    (config name -> config mapping, JSON), parsed as the distill used them."""
+    raw = ckpt.metadata.get("lcd_config")
+    if raw is None:
+        raise LcdError("no lcd_config metadata: this checkpoint was not written by `lcd distill`",
+                       file=ckpt.source, hint="pass the output of `lcd distill`")
+    try:
+        docs = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise LcdError(f"lcd_config metadata is not valid JSON ({e})", file=ckpt.source,
+                       key=RECORDED_CONFIG_KEY) from e
+    if not isinstance(docs, dict) or not all(isinstance(d, dict) for d in docs.values()):
+        raise LcdError("lcd_config metadata must be a JSON object of config name -> config "
+                       f"mapping, not {type(docs).__name__}", file=ckpt.source,
+                       key=RECORDED_CONFIG_KEY, hint="pass a checkpoint written by `lcd distill`")
+    return [parse_config(yaml.safe_dump(doc), f"{ckpt.source}:lcd_config[{name}]")
+            for name, doc in docs.items()]

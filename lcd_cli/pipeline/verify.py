@@ -23,7 +23,6 @@ than the kernel, the deviation from the truncated convolution (reported, not jud
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 
 from lcd_cli.errors import LcdError
-from lcd_cli.families.config import parse_config
+from lcd_cli.families.config import recorded_configs
 from lcd_cli.families.layers import find_layers
 from lcd_cli.io.checkpoint import Checkpoint, atomic_output, open_checkpoint, sha256_files
 from lcd_cli.kinds import VerifyOptions, kind_for
@@ -43,30 +42,11 @@ from lcd_cli.pipeline.naming import report_path_for
 DEFAULT_TOL = 1e-2
 # Layout names written by earlier lcd versions, and the layout that reads them.
 LEGACY_LAYOUTS = {"stu-shared-basis-v1": "lcd"}
-METADATA_CONFIG = "__metadata__.lcd_config"
 
 
 def _layout_name(distilled: Checkpoint) -> str:
     name = distilled.metadata.get("lcd_layout", "lcd")
     return LEGACY_LAYOUTS.get(name, name)
-
-
-def _configs(distilled: Checkpoint) -> list[Any]:
-    raw = distilled.metadata.get("lcd_config")
-    if raw is None:
-        raise LcdError("no lcd_config metadata: this checkpoint was not written by `lcd distill`",
-                       file=distilled.source, hint="pass the output of `lcd distill`")
-    try:
-        docs = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise LcdError(f"lcd_config metadata is not valid JSON ({e})", file=distilled.source,
-                       key=METADATA_CONFIG) from e
-    if not isinstance(docs, dict) or not all(isinstance(d, dict) for d in docs.values()):
-        raise LcdError("lcd_config metadata must be a JSON object of config name -> config "
-                       f"mapping, not {type(docs).__name__}", file=distilled.source,
-                       key=METADATA_CONFIG, hint="pass a checkpoint written by `lcd distill`")
-    return [parse_config(yaml.safe_dump(doc), f"{distilled.source}:lcd_config[{name}]")
-            for name, doc in docs.items()]
 
 
 def default_report(distilled: Checkpoint) -> Path | None:
@@ -180,7 +160,7 @@ def verify_checkpoint(
             raise LcdError("no report to record the outcome in (none inside the output folder "
                            "nor beside the file, named after it)", file=distilled.source,
                            hint="pass the distill report with --report, or drop --record")
-        configs = _configs(distilled)
+        configs = recorded_configs(distilled)
         check_pairing(distilled, ref, rep, rep_path, check_report=check_report,
                       check_source=check_source)
         tol_source = "--tol"
