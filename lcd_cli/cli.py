@@ -75,30 +75,27 @@ def _plain_param(p: Any) -> None:
         p.help = escape(p.help)
 
 
-class _Command(typer.core.TyperCommand):
-    """Help without ``<bool>`` after flags, and with brackets (``[real, imag]``) kept verbatim."""
+class _PlainHelp:
+    """Help without ``<bool>`` after flags, and with brackets (``[real, imag]``) kept verbatim
+    (mixed into typer's command and group classes)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain_help(self)
 
     def get_help_option(self, ctx: Any) -> Any:
-        opt = super().get_help_option(ctx)
+        opt = super().get_help_option(ctx)  # type: ignore[misc]
         if opt is not None and opt.metavar is None:
             opt.metavar = ""
         return opt
 
 
-class _Group(typer.core.TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _plain_help(self)
+class _Command(_PlainHelp, typer.core.TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        opt = super().get_help_option(ctx)
-        if opt is not None and opt.metavar is None:
-            opt.metavar = ""
-        return opt
+
+class _Group(_PlainHelp, typer.core.TyperGroup):
+    pass
 
 
 app = typer.Typer(

@@ -23,12 +23,9 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: ckpt.get(k) for k in ckpt.tensors}
 
 
-def test_interrupted_run_resumes_from_its_finished_layers(write_ckpt, tmp_path: Path,
-                                                          monkeypatch) -> None:
-    src = write_ckpt("hyenadna")  # two layers
-    fresh = tmp_path / "fresh.safetensors"
-    assert lcd("distill", src, "--order", "3", "-o", fresh).exit_code == 0
-    out = tmp_path / "out.safetensors"
+def interrupt_second_layer(monkeypatch) -> list[str]:
+    """Make CausalKind fit layers as usual but raise KeyboardInterrupt on the second; returns
+    the names of the layers it was asked for (the list the caller may clear)."""
     real = CausalKind._fit_layer
     calls: list[str] = []
 
@@ -39,6 +36,17 @@ def test_interrupted_run_resumes_from_its_finished_layers(write_ckpt, tmp_path: 
         return real(self, ckpt, planned, settings, on_step)
 
     monkeypatch.setattr(CausalKind, "_fit_layer", interrupt_second)
+    return calls
+
+
+def test_interrupted_run_resumes_from_its_finished_layers(write_ckpt, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    src = write_ckpt("hyenadna")  # two layers
+    fresh = tmp_path / "fresh.safetensors"
+    assert lcd("distill", src, "--order", "3", "-o", fresh).exit_code == 0
+    out = tmp_path / "out.safetensors"
+    real = CausalKind._fit_layer
+    calls = interrupt_second_layer(monkeypatch)
     result = lcd("distill", src, "--order", "3", "-o", out)
     assert result.exit_code == 130
     assert "interrupted with 1 of 2 layer(s) fitted" in result.output
@@ -62,15 +70,7 @@ def test_changed_settings_do_not_reuse_kept_layers(write_ckpt, tmp_path: Path,
     src = write_ckpt("hyenadna")
     out = tmp_path / "out.safetensors"
     real = CausalKind._fit_layer
-    calls: list[str] = []
-
-    def interrupt_second(self, ckpt, planned, settings, on_step=None):
-        calls.append(planned.name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, ckpt, planned, settings, on_step)
-
-    monkeypatch.setattr(CausalKind, "_fit_layer", interrupt_second)
+    calls = interrupt_second_layer(monkeypatch)
     assert lcd("distill", src, "--order", "3", "-o", out).exit_code == 130
     calls.clear()
     monkeypatch.setattr(CausalKind, "_fit_layer", lambda self, c, p, s, on_step=None: (
