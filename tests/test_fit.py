@@ -399,6 +399,44 @@ def test_restart_starts_share_one_hankel_svd() -> None:
     assert torch.equal(u_big[..., :8], u_small)
 
 
+def test_batched_restarts_equal_the_one_at_a_time_loop(tmp_path) -> None:
+    """The outliers' restarts share one LM batch, and the result is bit for bit that of the
+    naive loop: one restart at a time, each on the channels still outliers, kept where it
+    scores better. The other channels are untouched."""
+    import lcd_cli.numerics.fit as fit_mod
+
+    path = tmp_path / "m.safetensors"
+    write_example(make_example("hyenadna", d_model=48, n_layers=1, l_max=1000), path)
+    with open_checkpoint(path) as ckpt:
+        h, _ = materialize(ckpt, select_configs(ckpt)[0][1][0])  # (48, 1000)
+    order, iters = 8, 30
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s0 = fit_mod._era_poles(h, order, 0)
+        first = fit_mod._finish(h, fit_mod._refine(h, s0, 1000, iters), True)
+        bad0 = fit_mod._outliers(first[2], h)
+        assert int(bad0.sum()) >= 2  # the case needs outliers
+        poles, res, err = (x.clone() for x in first)
+        for (a, b), reflect, tail in fit_mod._RESTARTS:  # the naive loop
+            bad = fit_mod._outliers(err, h)
+            if not bool(bad.any()):
+                break
+            idx = bad.nonzero()[:, 0]
+            s_r = fit_mod._era_poles(h[idx], order, 0, a * order + b, reflect, tail)
+            alone = fit_mod._finish(h[idx], fit_mod._refine(h[idx], s_r, 1000, iters), True)
+            poles[idx], res[idx], err[idx] = fit_mod._keep_better((poles[idx], res[idx], err[idx]),
+                                                                  alone)
+        got = fit_mod._restart_outliers(h, order, 0, iters, True, None,
+                                        tuple(x.clone() for x in first))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got[0], poles) and torch.equal(got[1], res) and torch.equal(got[2], err)
+    assert bool((got[2] < first[2]).any())  # the restarts helped somewhere
+    rest = (~bad0).nonzero()[:, 0]
+    assert torch.equal(got[0][rest], first[0][rest])
+
+
 @pytest.mark.parametrize(("length", "worst"), [(20_001, 0.12), (200_003, 0.15)],
                          ids=["L20001", "L200003"])
 def test_kernel_longer_than_the_era_window_is_fitted_over_its_tail(tmp_path, length: int,

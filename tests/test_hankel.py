@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcd_cli.numerics import hankel as hankel_mod
 from lcd_cli.numerics.fit import fit_modal
 from lcd_cli.numerics.hankel import (
     eckart_young_floor,
@@ -76,6 +77,43 @@ def test_randomized_matches_dense() -> None:
     assert bool((rand.sigma <= dense.sigma * (1 + 1e-10)).all())
     torch.testing.assert_close(rand.sigma, dense.sigma, rtol=0.1, atol=0.0)
     torch.testing.assert_close(rand.frob2, dense.frob2, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+@pytest.mark.parametrize("block", [1, 37, 1 << 20], ids=["block1", "block37", "one_block"])
+def test_hankel_products_match_the_explicit_matrix(monkeypatch, length: int, block: int) -> None:
+    """The FFT Hankel products, in cache-sized blocks of channels and vectors (down to one
+    FFT per block), equal H X and H^T X formed explicitly, for one shared X and one per
+    channel."""
+    monkeypatch.setattr(hankel_mod, "_FFT_BLOCK", block)
+    h = _modal(3, 4, length, seed=11, noise=1e-2)
+    m, n = hankel_shape(length)
+    nfft = hankel_mod.fft_size(length)
+    hf = torch.fft.rfft(h, n=nfft, dim=-1)  # (C, F)
+    gen = torch.Generator().manual_seed(12)
+    for xt, rows, cols in [(torch.randn(1, 5, n, generator=gen, dtype=torch.float64), m, n),
+                           (torch.randn(3, 5, m, generator=gen, dtype=torch.float64), n, m)]:
+        out = hankel_mod._hankel_apply(hf, xt, rows, cols, nfft)  # (C, 5, rows)
+        for c in range(3):
+            hm = _naive_hankel(h[c].numpy())  # (m, n)
+            hm = hm if rows == m else hm.T
+            ref = hm @ xt[min(c, xt.shape[0] - 1)].numpy().T  # (rows, 5)
+            np.testing.assert_allclose(out[c].numpy().T, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_randomized_vectors_span_the_dense_ones() -> None:
+    """The randomized left singular vectors span the dense SVD's
+    leading subspace of a numerically low-rank Hankel matrix, and their values match."""
+    h = _modal(3, 6, 1000, seed=13, noise=1e-9)
+    u_r, s_r, exact, _ = hankel_mod.hankel_svd(h, 12, exact_max_rows=10, seed=2)
+    u_d, s_d, exact_d, _ = hankel_mod.hankel_svd(h, 12)
+    assert not exact and exact_d and u_r is not None and u_d is not None
+    torch.testing.assert_close(s_r, s_d, rtol=1e-8, atol=0.0)
+    # Orthonormal, and the same subspace: ||U_d^T U_r|| singular values all ~1.
+    eye = torch.eye(12, dtype=torch.float64).expand(3, 12, 12)
+    torch.testing.assert_close(u_r.transpose(1, 2) @ u_r, eye, rtol=0.0, atol=1e-10)
+    cos = torch.linalg.svdvals(u_d.transpose(1, 2) @ u_r)  # (C, 12)
+    assert float((1.0 - cos).abs().max()) < 1e-8
 
 
 def test_randomized_is_deterministic() -> None:
