@@ -167,6 +167,12 @@ def test_gram_matches_the_explicit_hankel(length: int, rows: int) -> None:
     H = torch.from_numpy(np.stack([_naive_hankel(c.numpy(), rows) for c in h]))  # (C, m, n)
     G = H @ H.transpose(1, 2)  # (C, m, m)
     assert torch.allclose(hankel_gram(h, rows), G, rtol=0, atol=1e-13 * float(G.abs().max()))
+    shared = hankel_mod.autocorrelation(h, 300)  # one autocorrelation serves every shape
+    assert torch.allclose(hankel_gram(h, rows, shared), G, rtol=0,
+                          atol=1e-13 * float(G.abs().max()))
+    ref = torch.stack([torch.stack([(c[: length - d] * c[d:]).sum() for d in range(rows)])
+                       for c in h])  # (C, m) naive lag sums
+    torch.testing.assert_close(shared[:, :rows], ref, rtol=0.0, atol=1e-13 * float(ref.abs().max()))
     sigma = torch.linalg.svdvals(H)  # (C, m)
     got = gram_spectrum(h, rows)
     assert got.exact and got.rows == rows

@@ -50,3 +50,37 @@ def test_modal_kernel_float32_pairs() -> None:
     assert got.dtype == torch.float32
     err = (got.double() - ref).norm() / ref.norm()
     assert err < F32_FLOOR, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+@pytest.mark.parametrize("budget", [1, 1 << 25], ids=["block1", "one_block"])
+def test_kernel_errors_match_a_naive_reference(monkeypatch, length: int, budget: int) -> None:
+    """The report's error statistics, in channel blocks (down to one channel), against a naive
+    float64 evaluation: the loop kernel, its errors, and the DFT of the error on the same
+    >= 2L points (numpy)."""
+    import numpy as np
+
+    from lcd_cli.numerics import metrics
+    from lcd_cli.numerics.hankel import fft_size
+    from tests.conftest import naive_modal
+
+    monkeypatch.setattr(metrics, "_SCORE_BUDGET", budget)
+    gen = torch.Generator().manual_seed(3)
+    c, n = 5, 4
+    poles = torch.polar(0.5 + 0.49 * torch.rand(c, n, generator=gen, dtype=torch.float64),
+                        3.0 * torch.rand(c, n, generator=gen, dtype=torch.float64))
+    residues = torch.randn(c, n, generator=gen, dtype=torch.complex128)
+    h = modal_kernel(poles, residues, length) + 1e-2 * torch.randn(c, length, generator=gen,
+                                                                    dtype=torch.float64)
+    h[2] = 0.0  # a zero channel: the norm floor
+    got = metrics.kernel_errors(h, poles, residues, order=n)
+    hh, ref_hat = h.numpy(), naive_modal(poles.numpy(), residues.numpy(), length)
+    diff = hh - ref_hat
+    norms = np.linalg.norm(hh, axis=-1)
+    rel = np.linalg.norm(diff, axis=-1) / np.maximum(norms, 1e-12 * norms.max())
+    nfft = fft_size(2 * length)
+    hinf = (np.abs(np.fft.rfft(diff, n=nfft)).max(-1)
+            / np.maximum(np.abs(np.fft.rfft(hh, n=nfft)).max(-1), 1e-300))
+    np.testing.assert_allclose(got["rel_l2_channels"], rel, rtol=1e-9, atol=1e-12)
+    assert got["max_abs"] == pytest.approx(float(np.abs(diff).max()), rel=1e-9)
+    assert got["hinf_rel"] == pytest.approx(float(hinf.max()), rel=1e-9)

@@ -357,25 +357,42 @@ def eckart_young_floor(
     )
 
 
-def hankel_gram(h: Tensor, rows: int) -> Tensor:
+def autocorrelation(h: Tensor, lags: int) -> Tensor:
+    """R[c, d] = sum_{k < L - d} h[c, k] h[c, k + d] for d < lags (C, lags): one FFT pair of
+    size >= 2L - 1 (no wrap-around), shared by every Gram shape of `hankel_gram`."""
+    length = h.shape[-1]
+    nfft = fft_size(2 * length - 1)
+    hf = torch.fft.rfft(h, n=nfft)  # (C, F)
+    return torch.fft.irfft(hf.real**2 + hf.imag**2, n=nfft)[:, :lags]  # (C, lags)
+
+
+def hankel_gram(h: Tensor, rows: int, autocorr: Tensor | None = None) -> Tensor:
     """G = H H^T, exactly, for the short-and-wide rows x (L - rows + 1) Hankel matrix of h,
     in O(L log L + rows^2) per channel without forming H.
 
-    Lag sums first: G[0, d] = sum_{k < n} h[k] h[k + d], d < m, one cross-correlation (FFT).
-    Then down each diagonal, G[i + 1, i + 1 + d] = G[i, i + d] + h[n + i] h[n + i + d]
-    - h[i] h[i + d]: a running sum of m differences, so rounding grows with m, not with L.
+    Lag sums first: G[0, d] = sum_{k < n} h[k] h[k + d], d < m, the full autocorrelation R[d]
+    (`autocorrelation`, one FFT pair for every shape; computed here when not given) less the
+    products past column n, sum_{j < m - 1 - d} h[n + j] h[n + j + d] (an autocorrelation of
+    the last m - 1 samples, O(m^2)). Then down each diagonal, G[i + 1, i + 1 + d] = G[i, i + d]
+    + h[n + i] h[n + i + d] - h[i] h[i + d]: a running sum of m differences, so rounding grows
+    with m, not with L.
 
     Args:
-        h: (C, L) float64; rows: m, 1 <= m <= L.
+        h: (C, L) float64; rows: m, 1 <= m <= L; autocorr: (C, >= m) R of h, or None.
     Returns:
         (C, m, m) float64, symmetric positive semi-definite (up to rounding).
     """
     c, length = h.shape
     m, n = hankel_shape(length, rows)
-    nfft = fft_size(length + n)
-    af = torch.fft.rfft(h[:, :n], n=nfft)  # (C, F)
-    bf = torch.fft.rfft(h, n=nfft)  # (C, F)
-    base = torch.fft.irfft(af.conj() * bf, n=nfft)[:, :m]  # (C, m): G[0, d]
+    full = autocorrelation(h, m) if autocorr is None else autocorr[:, :m]  # (C, m)
+    tail = h[:, n:]  # (C, m - 1): the samples past column n
+    if m > 1:
+        nt = fft_size(2 * (m - 1) - 1)
+        tf = torch.fft.rfft(tail, n=nt)  # (C, F')
+        past = torch.fft.irfft(tf.real**2 + tf.imag**2, n=nt)[:, : m - 1]  # (C, m - 1)
+        base = full - torch.nn.functional.pad(past, (0, 1))  # (C, m): G[0, d]
+    else:
+        base = full  # n = L: nothing past column n
     pad = torch.nn.functional.pad(h, (0, m))  # (C, L + m): zeros past the end
     s = torch.arange(m - 1, device=h.device)[:, None]  # (m-1, 1) step along a diagonal
     d = torch.arange(m, device=h.device)[None, :]  # (1, m) lag
@@ -389,19 +406,21 @@ def hankel_gram(h: Tensor, rows: int) -> Tensor:
     return torch.triu(upper) + torch.triu(upper, 1).transpose(1, 2)
 
 
-def gram_spectrum(h: Tensor, rows: int) -> HankelSpectrum:
+def gram_spectrum(h: Tensor, rows: int, autocorr: Tensor | None = None) -> HankelSpectrum:
     """The exact Hankel spectrum of a short-and-wide shape from its Gram matrix (eigenvalues
-    = sigma^2), for shapes too large for a dense SVD of H itself (long kernels).
+    = sigma^2), for shapes too large for a dense SVD of H itself (long kernels). ``autocorr``:
+    the kernels' `autocorrelation` (shared by several shapes), or None.
 
     Tails come from the smallest eigenvalues, not from frob2 - captured energy. Rounding makes
     them accurate to about eps m sigma_1^2, i.e. floors below ~sqrt(eps m) (5e-7 at m = 1024)
     are at the resolution of float64."""
-    lam = torch.linalg.eigvalsh(hankel_gram(h.to(torch.float64), rows)).clamp_min(0.0)  # (C, m)
+    h = h.to(torch.float64)
+    lam = torch.linalg.eigvalsh(hankel_gram(h, rows, autocorr)).clamp_min(0.0)  # (C, m)
     s2 = torch.flip(lam, (-1,))  # (C, m) descending sigma^2
     rev = torch.flip(torch.cumsum(lam, -1), (-1,))  # (C, m): sum_{j >= r} sigma_j^2
     tail2 = torch.cat([rev, rev.new_zeros(rev.shape[0], 1)], dim=-1)  # (C, m + 1)
     m, n = hankel_shape(h.shape[-1], rows)
-    return HankelSpectrum(sigma=torch.sqrt(s2), frob2=hankel_frob2(h.to(torch.float64), m),
+    return HankelSpectrum(sigma=torch.sqrt(s2), frob2=hankel_frob2(h, m),
                           rows=min(m, n), exact=True, tail2=tail2)
 
 
@@ -450,14 +469,15 @@ def hankel_floor(
         spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed, rows=m)
         vals = eckart_young_floor(spec, norm2, orders).values  # (C, len(orders))
         best = vals if best is None else torch.maximum(best, vals)
-    if best is None:  # long kernels: exact spectra of the short shapes from their Gram matrix
-        for m in grid:
-            if m > exact_max_rows or m >= m_full:
-                continue
-            vals = torch.cat([eckart_young_floor(gram_spectrum(part, m), norm2[i:i + len(part)],
-                                                 orders).values
-                              for i, part in _channel_blocks(h, m)])  # (C, len(orders))
-            best = vals if best is None else torch.maximum(best, vals)
+    shapes = [m for m in grid if m <= exact_max_rows and m < m_full]
+    if best is None and shapes:  # long kernels: exact spectra of the short shapes (Gram route)
+        parts = []
+        for i, part in _channel_blocks(h, max(shapes)):
+            acf = autocorrelation(part, max(shapes))  # (Cb, m_max): one FFT pair for all shapes
+            vals = [eckart_young_floor(gram_spectrum(part, m, acf), norm2[i:i + len(part)],
+                                       orders).values for m in shapes]  # (Cb, len(orders)) each
+            parts.append(torch.stack(vals).amax(0))
+        best = torch.cat(parts)  # (C, len(orders))
     if best is not None:
         return EckartYoungFloor(values=best, orders=tuple(int(o) for o in orders), rigorous=True)
     spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed)
