@@ -27,6 +27,22 @@ def logit_stats(z: torch.Tensor, ref: torch.Tensor) -> tuple[float, int, int]:
 
 
 @torch.no_grad()
+def prefill_then_steps(model: Any, tokens: torch.Tensor, prompt: int, params: Any,
+                       before_step: Callable[[Any, int], None] | None = None) -> torch.Tensor:
+    """Logits (B, T, V) of an engine run with inference state ``params``: one prefill call on
+    tokens[:, :prompt], then one call per remaining token; ``before_step(params, t)`` readies
+    the state for token t where the engine needs it (e.g. sequence offsets)."""
+    out, params = model(tokens[:, :prompt], inference_params_dict=params)  # (B, P, V)
+    steps = [out]
+    for t in range(prompt, tokens.shape[1]):
+        if before_step is not None:
+            before_step(params, t)
+        z, params = model(tokens[:, t : t + 1], inference_params_dict=params)  # (B, 1, V)
+        steps.append(z)
+    return torch.cat(steps, dim=1)  # (B, T, V)
+
+
+@torch.no_grad()
 def compare_models(load: Callable[[Path], Any],
                    recurrent: Callable[[Any, torch.Tensor, int], torch.Tensor],
                    reference_folder: Path, distilled_folder: Path, *, batches: int, length: int,

@@ -26,7 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lcd_cli.engines.logits import compare_models
+from lcd_cli.engines.logits import compare_models, prefill_then_steps
 from lcd_cli.errors import LcdError
 
 INSTALL = "pip install --no-deps stripedhyena==0.2.2 einops tokenizers tqdm"
@@ -127,13 +127,7 @@ def load_model(folder: Path) -> Any:
 def recurrent_logits(model: Any, tokens: torch.Tensor, prompt: int) -> torch.Tensor:
     """Logits (B, T, V): the engine's stateful prefill on tokens[:, :prompt], then one
     ``sequential_forward`` step per remaining token."""
-    params = model.initialize_inference_params()
-    out, params = model(tokens[:, :prompt], inference_params_dict=params)  # (B, P, V)
-    steps = [out]
-    for t in range(prompt, tokens.shape[1]):
-        z, params = model(tokens[:, t : t + 1], inference_params_dict=params)  # (B, 1, V)
-        steps.append(z)
-    return torch.cat(steps, dim=1)  # (B, T, V)
+    return prefill_then_steps(model, tokens, prompt, model.initialize_inference_params())
 
 
 def compare_logits(reference_folder: Path, distilled_folder: Path, *, batches: int = 4,

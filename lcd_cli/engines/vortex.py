@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from lcd_cli.engines.logits import compare_models
+from lcd_cli.engines.logits import compare_models, prefill_then_steps
 from lcd_cli.engines.stripedhyena import read_config, read_weights
 from lcd_cli.errors import LcdError
 
@@ -99,14 +99,12 @@ def recurrent_logits(model: Any, tokens: torch.Tensor, prompt: int) -> torch.Ten
         params = model.initialize_inference_params(max_seqlen=tokens.shape[1])
     for kind in BLOCK_KINDS:
         params[kind].max_batch_size = tokens.shape[0]
-    out, params = model(tokens[:, :prompt], inference_params_dict=params)  # (B, P, V)
-    steps = [out]
-    for t in range(prompt, tokens.shape[1]):
+
+    def advance(state: Any, t: int) -> None:
         for kind in BLOCK_KINDS:
-            params[kind].seqlen_offset = t
-        z, params = model(tokens[:, t : t + 1], inference_params_dict=params)  # (B, 1, V)
-        steps.append(z)
-    return torch.cat(steps, dim=1)  # (B, T, V)
+            state[kind].seqlen_offset = t
+
+    return prefill_then_steps(model, tokens, prompt, params, advance)
 
 
 def compare_logits(reference_folder: Path, distilled_folder: Path, *, batches: int = 4,

@@ -143,14 +143,16 @@ def _hankel_apply(hf: Tensor, xt: Tensor, rows: int, cols: int, nfft: int) -> Te
     cs = min(c, max(1, _FFT_BLOCK // bins))  # channels per block
     qs = min(q, max(1, _FFT_BLOCK // (cs * bins)))  # vectors per block
     shared = xt.shape[0] == 1  # one X for every channel (the test matrix)
-    for c0 in range(0, c, cs):
-        hc = hf[c0 : c0 + cs, None, :]  # (Cb, 1, F)
-        for start in range(0, q, qs):
-            xs = xt[:, start : start + qs] if shared else xt[c0 : c0 + cs, start : start + qs]
-            xf = torch.fft.rfft(xs, n=nfft, dim=-1)  # (Cb | 1, qb, F)
-            if shared:
-                prod = hc * xf.conj()  # (Cb, qb, F)
+    for start in range(0, q, qs):
+        # A shared X is transformed once per vector block, for every channel block.
+        xf_shared = torch.fft.rfft(xt[:, start : start + qs], n=nfft, dim=-1).conj() if shared \
+            else None  # (1, qb, F)
+        for c0 in range(0, c, cs):
+            hc = hf[c0 : c0 + cs, None, :]  # (Cb, 1, F)
+            if xf_shared is not None:
+                prod = hc * xf_shared  # (Cb, qb, F)
             else:
+                xf = torch.fft.rfft(xt[c0 : c0 + cs, start : start + qs], n=nfft, dim=-1)
                 xf.imag.neg_()  # conj, in place
                 prod = xf.mul_(hc)  # (Cb, qb, F)
             yb = torch.fft.irfft(prod, n=nfft, dim=-1)  # (Cb, qb, nfft)
@@ -387,9 +389,7 @@ def hankel_gram(h: Tensor, rows: int, autocorr: Tensor | None = None) -> Tensor:
     full = autocorrelation(h, m) if autocorr is None else autocorr[:, :m]  # (C, m)
     tail = h[:, n:]  # (C, m - 1): the samples past column n
     if m > 1:
-        nt = fft_size(2 * (m - 1) - 1)
-        tf = torch.fft.rfft(tail, n=nt)  # (C, F')
-        past = torch.fft.irfft(tf.real**2 + tf.imag**2, n=nt)[:, : m - 1]  # (C, m - 1)
+        past = autocorrelation(tail, m - 1)  # (C, m - 1)
         base = full - torch.nn.functional.pad(past, (0, 1))  # (C, m): G[0, d]
     else:
         base = full  # n = L: nothing past column n

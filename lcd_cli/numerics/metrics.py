@@ -30,9 +30,13 @@ _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (
 
 def relative_l2(h: Tensor, h_hat: Tensor) -> Tensor:
     """(C,) relative l2 error per channel; the norm is floored at 1e-12 * the largest norm."""
+    return _relative(torch.linalg.vector_norm(h - h_hat, dim=-1), h)  # (C,)
+
+
+def _relative(err: Tensor, h: Tensor) -> Tensor:
+    """err (C,) / ||h_c||, the norm floored at 1e-12 * the largest channel norm."""
     norms = torch.linalg.vector_norm(h, dim=-1)  # (C,)
-    tiny = 1e-12 * norms.max().clamp_min(1e-300)
-    return torch.linalg.vector_norm(h - h_hat, dim=-1) / norms.clamp_min(tiny)  # (C,)
+    return err / norms.clamp_min(1e-12 * norms.max().clamp_min(1e-300))  # (C,)
 
 
 def sample_channels(channels: int, most: int) -> Tensor:
@@ -69,8 +73,7 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int) -> 
         E = torch.fft.rfft(diff, n=nfft).abs().amax(-1)  # (Cb,)
         hinf[i : i + step] = E / H.clamp_min(1e-300)
         max_abs = max(max_abs, float(diff.abs().max()) if diff.numel() else 0.0)
-    norms = torch.linalg.vector_norm(h, dim=-1)  # (C,)
-    rel = dnorm / norms.clamp_min(1e-12 * norms.max().clamp_min(1e-300))  # (C,) as relative_l2
+    rel = _relative(dnorm, h)  # (C,)
     floor, exact, sampled = hankel_floor(h, order)
     return {
         "rel_l2": {"median": float(rel.quantile(0.5)), "mean": float(rel.mean()),
