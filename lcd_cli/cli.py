@@ -45,6 +45,7 @@ from lcd_cli.families.config import builtin_configs
 from lcd_cli.families.model_config import describe
 from lcd_cli.io.checkpoint import open_checkpoint
 from lcd_cli.io.signals import run_terminable
+from lcd_cli.numerics.allocator import keep_freed_memory
 from lcd_cli.numerics.compressibility import FLOOR_ORDERS
 from lcd_cli.pipeline import progress as progress_events
 from lcd_cli.pipeline.aliases import aliases_of, resolve_family
@@ -166,6 +167,7 @@ def main(
         is_eager=True)] = False,
 ) -> None:
     _size_consoles()
+    keep_freed_memory()  # large temporaries reused, not remapped (numerics/allocator.py)
     level = QUIET if quiet else VERBOSE if verbose else NORMAL
     ctx.obj = {"debug": debug, "level": level}
 

@@ -17,6 +17,9 @@ Then the large job: 1024 HyenaDNA-like channels at L = 8192, N = 16, with the cu
 in-process (--workers 1) and with worker processes (e.g. 2, one torch thread each; the wall time
 includes starting them); --big-baseline adds the baseline on the same job.
 
+The process keeps freed memory for reuse as `lcd distill` does (`numerics/allocator.py`), so
+both fitters run with the same allocator; LCD_MALLOC=system measures glibc's defaults.
+
 The baseline is `lcd_cli/numerics/fit.py` and `hankel.py` as of --baseline-rev (default: the
 revision the issue's figures were measured on), read with `git show` and loaded as private
 modules of this script only; the package itself has one fitter.
@@ -46,6 +49,7 @@ from lcd_cli.examples import make_example, write_example  # noqa: E402
 from lcd_cli.families.layers import materialize, select_configs  # noqa: E402
 from lcd_cli.io.checkpoint import open_checkpoint  # noqa: E402
 from lcd_cli.numerics import fit as current  # noqa: E402
+from lcd_cli.numerics.allocator import keep_freed_memory  # noqa: E402
 
 BASELINE_REV = "4abaab1"  # the fitter the figures were measured on
 KERNELS = {"hyenadna": "HyenaDNA-like", "stripedhyena": "StripedHyena modal, 8 modes"}
@@ -172,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # As `lcd distill` runs (its CLI and its workers); LCD_MALLOC=system keeps glibc's defaults
+    # here and in the workers (they inherit the environment).
+    malloc = "lcd" if keep_freed_memory() else "system"
     results = run(args)
     results["config"] = {
         "order": args.order, "threads": args.threads, "baseline_rev": args.baseline_rev,
+        "malloc": malloc,
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -71,3 +71,26 @@ def test_report_rows_carry_the_complex64_score(write_ckpt, tmp_path) -> None:
     for row in yaml.safe_load(rep.read_text())["layers"]:
         f32 = row["rel_l2_f32eval"]
         assert f32["window"] == 96 and 0 <= f32["median"] <= f32["max"] < 1e-4
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 30], ids=["states1", "states7", "one-block"])
+def test_f32_recurrence_blocks_equal_the_step_loop(monkeypatch, block: int) -> None:
+    """The complex64 recurrence keeps a block of states and reads them out per block; any block
+    size gives, bit for bit, the one-step-at-a-time loop (x_t = p x_{t-1}, y_t = Re sum R x_t)."""
+    import lcd_cli.numerics.metrics as metrics_mod
+
+    g = torch.Generator().manual_seed(1)
+    p = torch.polar(0.5 + 0.499 * torch.rand(3, 5, generator=g, dtype=torch.float64),
+                    math.pi * torch.rand(3, 5, generator=g, dtype=torch.float64))
+    r = torch.randn(3, 5, generator=g, dtype=torch.complex128)
+    pp, rp = to_pairs(p), to_pairs(r)
+    length = 50
+    monkeypatch.setattr(metrics_mod, "_REC_BUDGET", block * 15)  # `block` states of 3 x 5 modes
+    _, h_rec = f32_kernels(pp, rp, length)
+    pc, rc = from_pairs(pp).to(torch.complex64), from_pairs(rp).to(torch.complex64)  # (C, N)
+    want = torch.empty(3, length, dtype=torch.float32)
+    x = torch.ones_like(pc)
+    for t in range(length):
+        want[:, t] = (rc * x).real.sum(-1)
+        x = pc * x
+    assert torch.equal(h_rec, want.double())

@@ -12,6 +12,7 @@ import torch
 
 from lcd_cli.examples import make_example
 from lcd_cli.families.layers import materialize, select_configs
+from lcd_cli.families.view import LayerView
 from lcd_cli.io.checkpoint import open_checkpoint
 from tests.conftest import SMALL, rel
 
@@ -68,6 +69,28 @@ def test_hyena_matches_naive(write_ckpt, stored_z: bool) -> None:
     assert h.shape == want.shape
     assert rel(h, want) < F64_FLOOR
     assert torch.equal(D, tensors[f"{f}.bias"])
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1 << 30], ids=["rows1", "rows7", "one-block"])
+def test_hyena_time_blocks_match_naive(write_ckpt, monkeypatch, rows: int) -> None:
+    """The filter MLP runs in blocks of time rows (bounded temporaries at L = 1M); any block
+    size, the last one partial, gives the naive per-position kernel, for all channels and for
+    sampled ones (`kernel_channels`)."""
+    import lcd_cli.families.kernels.hyena as hyena_mod
+
+    tensors = make_example("hyenadna", seed=3, dtype="fp64", **SMALL["hyenadna"])
+    f = "hyena.backbone.layers.1.mixer.filter_fn"
+    ckpt, layers = layers_of(write_ckpt(tensors))
+    widest = max(v.shape[0] for k, v in tensors.items()
+                 if k.startswith(f"{f}.implicit_filter.") and k.endswith(".weight"))
+    monkeypatch.setattr(hyena_mod, "_ROW_BUDGET", rows * widest)  # `rows` time rows per block
+    h, _ = materialize(ckpt, layers[1])
+    want = naive_hyena(tensors, f, SMALL["hyenadna"]["l_max"], 0.05, True)
+    assert rel(h, want) < F64_FLOOR
+    view = LayerView(ckpt, layers[1])
+    idx = torch.tensor([0, 3])
+    part = hyena_mod.HyenaKernel().kernel_channels(view, layers[1].config.options, idx)
+    assert rel(part, want[idx.numpy()]) < F64_FLOOR
 
 
 def test_hyena_shared_freq_and_length(write_ckpt) -> None:

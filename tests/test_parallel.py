@@ -71,3 +71,22 @@ def test_bad_worker_count_is_explained(bad: object) -> None:
 def test_workers_need_the_cpu() -> None:
     with pytest.raises(LcdError, match="worker processes fit on the CPU"):
         fit_modal(_kernels(2, 40, seed=3), 2, workers=2, device="cuda")
+
+
+def test_keep_freed_memory_applies_on_glibc_and_can_be_declined(monkeypatch) -> None:
+    """The allocator settings are applied where mallopt exists (glibc) and declined with
+    LCD_MALLOC=system; they change where memory comes from, never a result (the golden and
+    worker tests run under them)."""
+    import ctypes.util
+    import platform
+
+    from lcd_cli.numerics.allocator import keep_freed_memory
+
+    monkeypatch.setenv("LCD_MALLOC", "system")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("LCD_MALLOC")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    if not glibc or ctypes.util.find_library("c") is None:
+        pytest.skip("not glibc: mallopt is not used")
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True  # idempotent

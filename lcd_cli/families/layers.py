@@ -28,6 +28,7 @@ from lcd_cli.families.options import Chosen, check_cli_options, identifies, reso
 from lcd_cli.families.spec import FamilyConfig, shape_matches
 from lcd_cli.families.view import Layer, LayerView, join_key
 from lcd_cli.io.checkpoint import Checkpoint
+from lcd_cli.numerics.finite import all_finite
 
 
 class _Blank(dict[str, str]):
@@ -275,7 +276,7 @@ def materialize_two_sided(
     if k_rev.shape != k_fwd.shape:
         raise LcdError(f"the reverse kernel is {tuple(k_rev.shape)}, the forward one "
                        f"{tuple(k_fwd.shape)}", file=ckpt.source, key=layer.prefix)
-    if not torch.isfinite(k_rev).all():
+    if not all_finite(k_rev):
         raise LcdError("the materialized reverse kernel holds NaN or Inf", file=ckpt.source,
                        key=layer.prefix)
     return k_fwd, k_rev, D
@@ -308,7 +309,7 @@ def materialize(ckpt: Checkpoint, layer: Layer, channels: torch.Tensor | None = 
         h = mat.kernel(view, layer.config.options)  # (C, L)
     else:
         h = mat.kernel_channels(view, layer.config.options, channels)  # (S, L)
-    if not torch.isfinite(h).all():
+    if not all_finite(h):
         raise LcdError("the materialized kernel holds NaN or Inf (overflow in the generator?)",
                        file=ckpt.source, key=layer.prefix)
     D = None

@@ -42,6 +42,7 @@ import torch
 from lcd_cli.errors import LcdError
 from lcd_cli.io.oserrors import os_error
 from lcd_cli.io.transaction import atomic_output as atomic_output  # re-exported for its callers
+from lcd_cli.numerics.finite import all_finite, count_nonfinite
 
 # safetensors dtype -> bits per element (the spec's Dtype::bitsize, safetensors >= 0.6)
 BITS: dict[str, int] = {
@@ -321,8 +322,8 @@ class Checkpoint:
             tensor = tensor.to(dtype)
         if finite and tensor.is_floating_point():
             check = tensor if tensor.dtype in _FLOATS_CHECKED_NATIVELY else tensor.float()
-            if not torch.isfinite(check).all():
-                bad = int((~torch.isfinite(check)).sum())
+            if not all_finite(check):
+                bad = count_nonfinite(check)
                 raise LcdError(f"{bad} of {tensor.numel()} values are NaN or Inf", file=info.shard,
                                key=key, hint="the checkpoint is damaged or diverged in training")
         return tensor

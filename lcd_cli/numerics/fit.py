@@ -75,6 +75,7 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
+from lcd_cli.numerics.finite import all_finite
 from lcd_cli.numerics.hankel import hankel_shape, hankel_svd, sketch_width
 from lcd_cli.numerics.metrics import f32_kernels
 from lcd_cli.numerics.parallel import resolve_workers, run_jobs
@@ -113,6 +114,10 @@ _GRAM_REL_MIN = 1e-6  # below this relative error float32 residues are re-solved
 _RESTARTS = (((2, 0), False, True), ((2, 0), True, False), ((2, 2), False, False),
              ((2, 4), False, True), ((1, 0), False, False))
 _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
+# Channels above this share of the outlier threshold also join the first batch of restarts:
+# those that become outliers later did so at 1.85-1.95x the first median (the median fell
+# 5-11 % as the first outliers improved; HyenaDNA example, L = 1024 and 8192).
+_RESTART_NEAR = 0.9
 _RESTART_BUDGET = 1 << 23  # float64 words of the (rows, 2A, T) blocks of one LM batch of restarts
 # Float32 guard (`_f32_guard`): the stored parameters are also evaluated as complex64 engines
 # do (exp(t log p) and the recurrence) over the first _F32_WINDOW samples (the recurrence is
@@ -186,7 +191,7 @@ def _check_kernel(h: Tensor) -> Tensor:
     if h.is_complex():
         raise LcdError("kernels must be real, got a complex tensor")
     h = h.to(torch.float64)
-    if h.numel() and not bool(torch.isfinite(h).all()):
+    if h.numel() and not all_finite(h):
         raise LcdError("kernels contain NaN or Inf", hint="check the checkpoint or the config")
     return h
 
@@ -909,11 +914,11 @@ def _fit_chunk(
     return poles, res, err
 
 
-def _outliers(err: Tensor, h: Tensor) -> Tensor:
-    """(C,) bool: channels far worse than the chunk's median (above _RESTART_FACTOR times it)
-    and above the normal equations' resolution."""
+def _outliers(err: Tensor, h: Tensor, factor: float = _RESTART_FACTOR) -> Tensor:
+    """(C,) bool: channels far worse than the chunk's median (above `factor` times it) and
+    above the normal equations' resolution."""
     rel = _relative(err, h)  # (C,)
-    return (rel > _RESTART_FACTOR * rel.quantile(0.5)) & (rel > _FROZEN_REL)
+    return (rel > factor * rel.quantile(0.5)) & (rel > _FROZEN_REL)
 
 
 def _restart_outliers(
@@ -929,12 +934,14 @@ def _restart_outliers(
     is an outlier (rows grouped within _RESTART_BUDGET): at the few rows of one restart an LM
     iteration is mostly fixed cost (about 5 ms at 8 rows against 20 ms at 64, L = 8192,
     N = 16), so one batch of five restarts costs about what two separate ones did, although it
-    also refines restarts that the order above then discards. A row's iterates do not depend
-    on its batch (`_refine`), so every restart gives what it would alone: the result is that
-    of the one-restart-at-a-time loop, bit for bit. (Keeping the best of every restart instead
-    lowers the float64 error but can pick fits whose modes cancel more than the float32 guard
-    repairs: the double-pole case of tests/test_f32_fidelity.py at L = 63 went from a
-    complex64 error of 2.1e-5 to 4.4e-5.)
+    also refines restarts that the order above then discards. Channels just below the
+    threshold (above _RESTART_NEAR of it) join the first batch too, in case the median falls
+    enough to make them outliers; a channel that becomes one without a batch gets its own,
+    as before. A row's iterates do not depend on its batch (`_refine`), so every restart gives
+    what it would alone: the result is that of the one-restart-at-a-time loop, bit for bit.
+    (Keeping the best of every restart instead lowers the float64 error but can pick fits
+    whose modes cancel more than the float32 guard repairs: the double-pole case of
+    tests/test_f32_fidelity.py at L = 63 went from a complex64 error of 2.1e-5 to 4.4e-5.)
 
     Args:
         h: (C, L) float64; basis: the chunk's ERA basis (C, m, r) or None; best: the
@@ -974,6 +981,11 @@ def _restart_outliers(
             break
         idx = bad.nonzero()[:, 0]  # (Cb,)
         new = idx[batch[idx] < 0]  # (Cn,) outliers without a batch yet
+        if k == 0:
+            # Channels just below the threshold become outliers when the median falls; they
+            # join the first batch, whose rows cost far less than a later batch of a few.
+            near = _outliers(err, h, _RESTART_FACTOR * _RESTART_NEAR) & ~bad  # (C,)
+            new = torch.sort(torch.cat([new, near.nonzero()[:, 0]])).values  # (Cn,)
         if new.numel():
             batch[new] = len(batches)
             row[new] = torch.arange(new.numel(), device=h.device)

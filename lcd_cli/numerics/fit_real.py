@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
+from lcd_cli.numerics.finite import all_finite
 from lcd_cli.numerics.fit import FitResult, rel_l2_error
 from lcd_cli.numerics.hankel import hankel_shape, hankel_svd
 from lcd_cli.numerics.parallel import one_thread
@@ -96,7 +97,7 @@ def _check(h: Tensor, order: int) -> Tensor:
     if not isinstance(h, Tensor) or h.ndim != 2 or h.is_complex():
         raise LcdError("kernels must be a real (channels, length) tensor")
     h = h.to(torch.float64)
-    if h.numel() and not bool(torch.isfinite(h).all()):
+    if h.numel() and not all_finite(h):
         raise LcdError("kernels contain NaN or Inf", hint="check the checkpoint or the config")
     length = h.shape[1]
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= length - 1:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
+from lcd_cli.numerics.finite import all_finite
 from lcd_cli.numerics.fit import _F32_LAMBDA, _F64_LAMBDA, _R_MAX
 from lcd_cli.numerics.hankel import _hankel_apply, _orth_rows, fft_size, hankel_shape
 from lcd_cli.numerics.modal import modal_kernel, pole_powers
@@ -356,7 +357,7 @@ def fit_shared(
     if not isinstance(h, Tensor) or h.ndim != 2 or h.is_complex():
         raise LcdError(f"filters must be a real (K, L) tensor, got {getattr(h, 'shape', h)}")
     h = h.to(torch.float64)
-    if not bool(torch.isfinite(h).all()):
+    if not all_finite(h):
         raise LcdError("filters contain NaN or Inf")
     _k, length = h.shape
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= length // 4:

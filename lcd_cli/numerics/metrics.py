@@ -25,6 +25,7 @@ from lcd_cli.numerics.modal import modal_kernel
 FLOOR_CHANNELS = 64  # channels sampled (evenly) for the Hankel floor
 DENSE_HANKEL_BUDGET = 1 << 21  # m * n entries up to which a Hankel shape gets a dense SVD
 _F32_CHUNK = 4096  # time steps per block of the complex64 exp(t log p) evaluation
+_REC_BUDGET = 1 << 22  # complex64 states of one block of the recurrence (32 MiB)
 _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (256 MiB)
 
 
@@ -132,10 +133,18 @@ def f32_kernels(poles_pairs: Tensor, residues_pairs: Tensor, length: int) -> tup
     r = _complex64_modes(residues_pairs)  # (C, N)
     h_exp = exp_kernel_c64(p, r, length)  # (C, L) float32
     h_rec = torch.empty_like(h_exp)  # (C, L)
+    # The states of a block of steps are kept, so the sequential part is one multiplication
+    # per step and the readout one product per block (bounded (B, C, N) states).
+    block = max(1, min(length, _REC_BUDGET // max(1, p.numel())))
+    xs = torch.empty(block, *p.shape, dtype=p.dtype, device=p.device)  # (B, C, N)
     x = torch.ones_like(p)  # (C, N): state after the impulse, x_0 = 1
-    for step in range(length):
-        h_rec[:, step] = (r * x).real.sum(-1)  # (C,)
-        x = p * x  # (C, N) complex64
+    for start in range(0, length, block):
+        steps = min(block, length - start)
+        xs[0] = x
+        for j in range(1, steps):
+            torch.mul(p, xs[j - 1], out=xs[j])  # (C, N) complex64, x_t = p x_{t-1}
+        x = p * xs[steps - 1]  # (C, N) the next block's first state
+        h_rec[:, start : start + steps] = (r * xs[:steps]).real.sum(-1).T  # (C, B)
     return h_exp.double(), h_rec.double()
 
 

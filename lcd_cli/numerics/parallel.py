@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lcd_cli.errors import LcdError
+from lcd_cli.numerics.allocator import keep_freed_memory
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
@@ -75,8 +76,10 @@ def one_thread() -> Iterator[None]:
 
 
 def _init_worker() -> None:
-    """One torch thread per worker: the workers are the parallelism."""
+    """One torch thread per worker (the workers are the parallelism); freed memory kept for
+    reuse (`allocator.keep_freed_memory`)."""
     torch.set_num_threads(1)
+    keep_freed_memory()
 
 
 def _shutdown() -> None:

@@ -35,6 +35,7 @@ FWD, REV = "implicit_filter", "implicit_filter_rev"
 # Keys of the filter MLP: nn.Sequential(Linear, Sin, Linear, Sin, ..., Linear), so linears
 # (weight, bias) at even indices and the shared Sin's ``freq`` at odd ones.
 _MLP_KEY = re.compile(r"^(\d+)\.(weight|bias|freq)$")
+_ROW_BUDGET = 1 << 21  # float64 words of one block of (time rows, MLP width) activations (16 MiB)
 
 
 def positional_features(l_max: int, emb_dim: int) -> tuple[Tensor, Tensor]:
@@ -190,20 +191,38 @@ class HyenaKernel(Materializer):
             z = view.get("pos_emb.z")[0]  # (l_max, E)
         if view.has("pos_emb.t"):
             t_norm = view.get("pos_emb.t")[0]  # (l_max, 1)
-        a = z[:length]  # (L, E)
         freqs = self._freqs(view, idx, options, net)
         w_mod = float(options.get("w_mod", 1.0))
-        for j, freq in zip(idx[:-1], freqs, strict=True):
-            a = a @ view.get(f"{net}.{j}.weight").T  # (L, W)
-            if view.has(f"{net}.{j}.bias"):
-                a = a + view.get(f"{net}.{j}.bias")
-            a = torch.sin(w_mod * freq.reshape(1, -1) * a)  # (L, W)
-        h = a @ view.get(f"{net}.{idx[-1]}.weight")[pick].T  # (L, C)
-        if view.has(f"{net}.{idx[-1]}.bias"):
-            h = h + view.get(f"{net}.{idx[-1]}.bias")[pick]
-        if options["modulate"]:
-            deltas = view.get("modulation.deltas").reshape(1, channels)[:, pick]  # (1, C)
-            h = h * (torch.exp(-t_norm[:length] * deltas.abs()) + float(options["shift"]))
-        if options["normalized"]:
-            h = h / h.abs().sum(dim=-1, keepdim=True)  # L1 over channels at each t
-        return h.T.contiguous()  # (C, L)
+        weights = [view.get(f"{net}.{j}.weight") for j in idx]  # [(W, E), (W, W), ..., (C, W)]
+        biases = [view.get(f"{net}.{j}.bias") if view.has(f"{net}.{j}.bias") else None
+                  for j in idx]
+        w_last, b_last = weights[-1][pick], biases[-1]  # (C', W), (C,) or None
+        if b_last is not None:
+            b_last = b_last[pick]  # (C',)
+        deltas = (view.get("modulation.deltas").reshape(1, channels)[:, pick].abs()
+                  if options["modulate"] else None)  # (1, C')
+        widest = max([w_last.shape[0]] + [w.shape[0] for w in weights[:-1]])
+        rows = max(1, _ROW_BUDGET // widest)  # time rows per block
+        out: Tensor | None = None  # (C', L), in the dtype of the MLP's output
+        for t0 in range(0, length, rows):
+            # Rows are independent: blocks bound the (rows, W) temporaries to cache-sized
+            # pieces (one (L, C) pass each at L = 1M: 36 s, mostly page faults, for 256 ch).
+            t1 = min(length, t0 + rows)
+            a = z[t0:t1]  # (Lb, E)
+            for w, b, freq in zip(weights[:-1], biases[:-1], freqs, strict=True):
+                a = a @ w.T  # (Lb, W)
+                if b is not None:
+                    a = a + b
+                a = torch.sin(w_mod * freq.reshape(1, -1) * a)  # (Lb, W)
+            h = a @ w_last.T  # (Lb, C')
+            if b_last is not None:
+                h = h + b_last
+            if deltas is not None:
+                h = h * (torch.exp(-t_norm[t0:t1] * deltas) + float(options["shift"]))
+            if options["normalized"]:
+                h = h / h.abs().sum(dim=-1, keepdim=True)  # L1 over channels at each t
+            if out is None:
+                out = torch.empty(h.shape[1], length, dtype=h.dtype)  # (C', L)
+            out[:, t0:t1] = h.T
+        assert out is not None  # length >= 1 (resolve_length)
+        return out
