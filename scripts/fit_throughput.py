@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> dict:
         r for r in ROWS if args.rows is None or f"{r[0]}:{r[1]}" in args.rows]
     out: dict = {"rows": [], "big": {}}
     for i, (example, length, channels) in enumerate(rows):
+        channels = args.channels or channels
         h = example_kernels(example, length, channels)
         order = min(args.order, length - 1)
         pair = [("baseline", baseline.fit_modal), ("current", current.fit_modal)]
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
     ap.add_argument("--rows", nargs="+", default=None, metavar="EXAMPLE:L",
                     help="only these rows, e.g. hyenadna:8192 stripedhyena:1024")
+    ap.add_argument("--channels", type=int, default=None,
+                    help="channels of every row (default: the table's 64, or 32 at L = 1M)")
     ap.add_argument("--big-channels", type=int, default=1024, help="0 skips the large job")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="worker counts of the large job (1 = in-process)")
