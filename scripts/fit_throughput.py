@@ -4,6 +4,8 @@ side by side in one process, on the same kernels.
 
     python scripts/fit_throughput.py --threads 1 --json fit_throughput.json
     python scripts/fit_throughput.py --quick          # a small smoke run of the whole script
+    python scripts/fit_throughput.py --device cuda --no-baseline --rows hyenadna:8192 \
+        hyenadna:65536 --channels 1024 --big-channels 0 --order 16   # the GPU table (then 32)
 
 Table rows (N = --order, default 16): kernels of the bundled example checkpoints, materialized
 exactly as `lcd distill` does: "HyenaDNA-like" (`lcd example hyenadna`, l_max = L, the -hf
@@ -57,6 +59,7 @@ KERNELS = {"hyenadna": "HyenaDNA-like", "stripedhyena": "StripedHyena modal, 8 m
 ROWS = [("hyenadna", 1024, 64), ("hyenadna", 8192, 64), ("hyenadna", 65536, 64),
         ("hyenadna", 1_000_002, 32),
         ("stripedhyena", 1024, 64), ("stripedhyena", 8192, 64), ("stripedhyena", 65536, 64)]
+EVO1_CHANNELS = 29 * 4096  # an Evo-1 / StripedHyena-7B-sized model: 29 Hyena layers of 4096
 QUICK_ROWS = [("hyenadna", 300, 6), ("stripedhyena", 300, 6)]
 
 
@@ -91,9 +94,18 @@ def example_kernels(example: str, length: int, channels: int, seed: int = 0) -> 
             return materialize(ckpt, layers[0])[0]
 
 
-def timed(fn: object, h: Tensor, order: int, **kw: object) -> dict[str, float]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: object, h: Tensor, order: int, device: str = "cpu", **kw: object) -> dict[str, float]:
+    if device != "cpu":
+        kw["device"] = device
+    _sync(device)
     start = time.perf_counter()
     res = fn(h, order, **kw)  # type: ignore[operator]
+    _sync(device)
     wall = time.perf_counter() - start
     err = res.rel_l2
     return {"seconds": wall, "sec_per_channel": wall / h.shape[0], "channels_per_sec": h.shape[0] / wall,
@@ -101,7 +113,7 @@ def timed(fn: object, h: Tensor, order: int, **kw: object) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    baseline = load_baseline(args.baseline_rev)
+    baseline = None if args.no_baseline else load_baseline(args.baseline_rev)
     rows = QUICK_ROWS if args.quick else [
         r for r in ROWS if args.rows is None or f"{r[0]}:{r[1]}" in args.rows]
     out: dict = {"rows": [], "big": {}}
@@ -109,15 +121,18 @@ def run(args: argparse.Namespace) -> dict:
         channels = args.channels or channels
         h = example_kernels(example, length, channels)
         order = min(args.order, length - 1)
-        pair = [("baseline", baseline.fit_modal), ("current", current.fit_modal)]
+        pair = [("current", current.fit_modal)]
+        if baseline is not None:
+            pair.insert(0, ("baseline", baseline.fit_modal))
         if i % 2:
             pair.reverse()
         row: dict = {"kernels": KERNELS[example], "length": length, "channels": channels, "order": order}
         for name, fn in pair:
-            row[name] = timed(fn, h, order)
+            row[name] = timed(fn, h, order, args.device)
             print(f"[{example} L={length} C={channels}] {name}: {row[name]['sec_per_channel']:.4f} s/ch "
                   f"median {row[name]['median']:.3e} max {row[name]['max']:.3e}", file=sys.stderr, flush=True)
-        row["speedup"] = row["baseline"]["seconds"] / row["current"]["seconds"]
+        if "baseline" in row:
+            row["speedup"] = row["baseline"]["seconds"] / row["current"]["seconds"]
         out["rows"].append(row)
     if args.big_channels:
         length = 300 if args.quick else 8192
@@ -126,13 +141,14 @@ def run(args: argparse.Namespace) -> dict:
         order = min(args.order, length - 1)
         big: dict = {"channels": channels, "length": length, "order": order, "runs": []}
         jobs = [("current", w) for w in args.workers]
-        if args.big_baseline:
+        if args.big_baseline and baseline is not None:
             jobs.insert(0, ("baseline", 1))
         for name, workers in jobs:
             if name == "baseline":
-                stats = timed(baseline.fit_modal, h, order)
+                assert baseline is not None
+                stats = timed(baseline.fit_modal, h, order, args.device)
             else:
-                stats = timed(current.fit_modal, h, order, workers=workers)
+                stats = timed(current.fit_modal, h, order, args.device, workers=workers)
             stats.update({"fitter": name, "workers": workers})
             big["runs"].append(stats)
             print(f"[big {channels} x {length}] {name} workers={workers}: {stats['seconds']:.1f} s "
@@ -142,10 +158,25 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| kernels | L | C | baseline s/ch | current s/ch | speed-up | baseline ch/s | current ch/s "
-             "| baseline rel_l2 median / max | current rel_l2 median / max |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results["rows"]:
+    rows = results["rows"]
+    if rows and "baseline" not in rows[0]:
+        lines = ["| kernels | L | C | N | s/ch | ch/s | rel_l2 median / max |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            c = r["current"]
+            lines.append(f"| {r['kernels']} | {r['length']:,} | {r['channels']} | {r['order']} | "
+                         f"{c['sec_per_channel']:.4f} | {c['channels_per_sec']:.1f} | "
+                         f"{c['median']:.2e} / {c['max']:.2e} |")
+            if r["length"] == 8192 and r["kernels"] == KERNELS["hyenadna"]:
+                minutes = EVO1_CHANNELS / c["channels_per_sec"] / 60
+                lines.append(f"| projection: Evo-1-sized, {EVO1_CHANNELS:,} channels at L = 8192 | | | | "
+                             f"| {minutes:.1f} min | |")
+        rows = []
+    else:
+        lines = ["| kernels | L | C | baseline s/ch | current s/ch | speed-up | baseline ch/s | current ch/s "
+                 "| baseline rel_l2 median / max | current rel_l2 median / max |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
         b, c = r["baseline"], r["current"]
         lines.append(f"| {r['kernels']} | {r['length']:,} | {r['channels']} | {b['sec_per_channel']:.4f} | "
                      f"{c['sec_per_channel']:.4f} | {r['speedup']:.2f}x | {b['channels_per_sec']:.1f} | "
@@ -167,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="the current fitter only (e.g. on a GPU, with the Evo-1 projection)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fit_modal's device)")
     ap.add_argument("--rows", nargs="+", default=None, metavar="EXAMPLE:L",
                     help="only these rows, e.g. hyenadna:8192 stripedhyena:1024")
     ap.add_argument("--channels", type=int, default=None,
@@ -185,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     results["config"] = {
         "order": args.order, "threads": args.threads, "baseline_rev": args.baseline_rev,
+        "device": args.device,
         "malloc": malloc,
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
