@@ -71,6 +71,8 @@ def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | No
         order = settings.order
         chunks = None if say is None else (
             lambda done, total: say(f"N={order}: {done}/{total} channels fitted"))
+        if chunks is not None:
+            chunks(0, h.shape[0])  # the fit has begun (the first chunk takes a while at long L)
         return fit_modal(h, order, device=settings.device, seed=settings.seed,
                          source=source, workers=settings.workers, progress=chunks)
     assert settings.tol is not None
