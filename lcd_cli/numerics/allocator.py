@@ -16,7 +16,6 @@ defaults. Elsewhere than glibc (macOS, musl) nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, glibc's malloc.h
@@ -26,17 +25,21 @@ _TRIM_THRESHOLD = 1 << 30
 _ENV = "LCD_MALLOC"
 
 
+def _glibc() -> bool:
+    """Whether this process runs on glibc (whose malloc the settings are for)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError, AttributeError):  # no such name: not glibc
+        return False
+
+
 def keep_freed_memory() -> bool:
     """Apply the settings above to this process; True when they were applied."""
-    if os.environ.get(_ENV, "").strip().lower() == "system":
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    if os.environ.get(_ENV, "").strip().lower() == "system" or not _glibc():
         return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (no mallopt)
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
