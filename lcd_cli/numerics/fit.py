@@ -267,6 +267,23 @@ def _power_means(length: int, device: torch.device) -> Tensor:
     return _POWER_MEANS[key]
 
 
+_SERIES_COEF: dict[tuple[int, int, str, torch.dtype], list[Tensor]] = {}
+
+
+def _series_coef(length: int, kmax: int, device: torch.device, dtype: torch.dtype) -> list[Tensor]:
+    """The Taylor coefficients Q_{k+j} / j! of `_geom_sums`, J x (K,) in `dtype`, K = kmax + 1:
+    a pure function of (L, kmax), cached like the Q_j (rebuilding them cost ~110 small ops per
+    call, a tenth of an LM iteration at 8 rows)."""
+    key = (length, kmax, str(device), dtype)
+    if key not in _SERIES_COEF:
+        q = _power_means(length, device).to(dtype)  # (J + 3,)
+        if len(_SERIES_COEF) > 16:
+            _SERIES_COEF.clear()
+        _SERIES_COEF[key] = [torch.stack([q[k + j] for k in range(kmax + 1)])
+                             / float(math.factorial(j)) for j in range(_SERIES_TERMS)]
+    return _SERIES_COEF[key]
+
+
 def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
     """S_k(sigma) = sum_{t<L} t^k e^{sigma t} for k = 0 .. kmax (kmax <= 2), elementwise.
 
@@ -303,10 +320,8 @@ def _geom_sums(sigma: Tensor, length: int, kmax: int) -> list[Tensor]:
     out = [c.clone() for c in closed]
     idx = torch.nonzero(small.reshape(-1)).squeeze(-1)  # (S,)
     if idx.numel():
-        q = _power_means(length, sigma.device).to(sigma.dtype)  # (J,) as complex
+        coef = _series_coef(length, kmax, sigma.device, sigma.dtype)  # J x (K,)
         us = u.reshape(-1)[idx][:, None]  # (S, 1)
-        coef = [torch.stack([q[k + j] for k in range(kmax + 1)]) / float(math.factorial(j))
-                for j in range(_SERIES_TERMS)]  # J x (K,)
         acc = coef[-1].expand(us.shape[0], -1)  # (S, K)
         for j in range(_SERIES_TERMS - 2, -1, -1):
             acc = acc * us + coef[j]  # (S, K)
@@ -497,35 +512,40 @@ def _rep2(x: Tensor) -> Tensor:
     return x.repeat(1, 2, 2)
 
 
+def _lu_solver(a: Tensor) -> Callable[[Tensor], Tensor]:
+    """Batched solves of a X = b, one LU of a (C, K, K) for every b (C, K, M), that never raise
+    on a singular batch element: the elements whose factorization failed (or whose solution is
+    not finite) fall back to the pseudo-inverse (minimum-norm least squares). Rounding can make
+    a PD-by-construction matrix (e.g. duplicate candidate modes plus a tiny ridge) exactly
+    singular for LU on some thread counts. (LU then triangular solves is what
+    torch.linalg.solve_ex computes, bit for bit.)"""
+    lu, piv, info = torch.linalg.lu_factor_ex(a)  # (C, K, K), (C, K), (C,)
+
+    def solve(b: Tensor) -> Tensor:
+        x = torch.linalg.lu_solve(lu, piv, b)  # (C, K, M)
+        bad = (info != 0) | ~torch.isfinite(x).all(dim=(-2, -1))  # (C,)
+        if bool(bad.any()):
+            x = x.clone()
+            x[bad] = torch.linalg.pinv(a[bad]) @ b[bad]
+        return x
+
+    return solve
+
+
 def _solve(a: Tensor, b: Tensor) -> Tensor:
-    """Batched solve of a X = b that never raises on a singular batch element: LU first; the
-    elements whose factorization failed fall back to the pseudo-inverse (minimum-norm least
-    squares). Rounding can make a PD-by-construction matrix (e.g. duplicate candidate modes
-    plus a tiny ridge) exactly singular for LU on some thread counts.
+    """a X = b (C, K, K), (C, K, M) -> (C, K, M) by `_lu_solver`."""
+    return _lu_solver(a)(b)
+
+
+def _ridge_solver(g: Tensor, mask: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """Solves of (G + ridge) X = B after unit-diagonal scaling, one factorization for every B;
+    masked unknowns get 0.
 
     Args:
-        a: (C, K, K); b: (C, K, M).
+        g: (C, K, K) symmetric PSD; mask: (C, K) bool, True = active.
     Returns:
-        (C, K, M).
+        solve(B) for B (C, K) or (C, K, M), of B's shape.
     """
-    x, info = torch.linalg.solve_ex(a, b)  # (C, K, M), (C,)
-    bad = (info != 0) | ~torch.isfinite(x).all(dim=(-2, -1))  # (C,)
-    if bool(bad.any()):
-        x = x.clone()
-        x[bad] = torch.linalg.pinv(a[bad]) @ b[bad]
-    return x
-
-
-def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Solve (G + ridge) X = B after unit-diagonal scaling; masked unknowns get 0.
-
-    Args:
-        g: (C, K, K) symmetric PSD; b: (C, K) or (C, K, M); mask: (C, K) bool, True = active.
-    Returns:
-        same shape as b.
-    """
-    vec = b.ndim == 2
-    rhs = b[..., None] if vec else b  # (C, K, M)
     diag = torch.diagonal(g, dim1=-2, dim2=-1)  # (C, K)
     scale = torch.sqrt(diag.clamp_min(0.0))  # (C, K)
     ref = scale.max(dim=-1, keepdim=True).values  # (C, 1)
@@ -536,8 +556,20 @@ def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
     gs = g * inv[:, :, None] * inv[:, None, :]  # (C, K, K), unit diagonal where ok
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)  # (K, K)
     gs = gs + eye * torch.where(ok, _RIDGE, 1.0)[:, None, :]  # (C, K, K)
-    x = _solve(gs, rhs * inv[:, :, None]) * inv[:, :, None]  # (C, K, M)
-    return x[..., 0] if vec else x
+    lu = _lu_solver(gs)
+
+    def solve(b: Tensor) -> Tensor:
+        vec = b.ndim == 2
+        rhs = b[..., None] if vec else b  # (C, K, M)
+        x = lu(rhs * inv[:, :, None]) * inv[:, :, None]  # (C, K, M)
+        return x[..., 0] if vec else x
+
+    return solve
+
+
+def _ridge_solve(g: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Solve (G + ridge) X = B (`_ridge_solver`): g (C, K, K), b (C, K) or (C, K, M)."""
+    return _ridge_solver(g, mask)(b)
 
 
 def _normal_equations(s: Tensor, z: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -729,7 +761,8 @@ def _vp_state(hb: Tensor, s: Tensor, length: int, h2: Tensor) -> dict[str, Tenso
     gam_a = torch.cat([ones, 1j * ones], dim=1)  # (C, 2N)
     g = _gram_blocks(s, gam_a, gam_a, _rep2(tp[0]), _rep2(tq[0]))  # (C, 2N, 2N)
     b = (gam_a * torch.cat([z, z], dim=1)).real  # (C, 2N)
-    x = _ridge_solve(g, b)  # (C, 2N)
+    solve_g = _ridge_solver(g)  # one factorization of G for x and G^-1 K^T
+    x = solve_g(b)  # (C, 2N)
     f = h2 - 2 * (b * x).sum(-1) + (x[:, None, :] @ g @ x[:, :, None])[:, 0, 0]  # (C,)
     res = torch.complex(x[:, :n], x[:, n:])  # (C, N)
     gam_j = torch.cat([res, 1j * res], dim=1)  # (C, 2N): d/dRe s, d/dIm s columns
@@ -738,7 +771,7 @@ def _vp_state(hb: Tensor, s: Tensor, length: int, h2: Tensor) -> dict[str, Tenso
     bj = (gam_j * torch.cat([d, d], dim=1)).real  # (C, 2N) <j, h>
     grad = bj - (kja @ x[:, :, None])[..., 0]  # (C, 2N) = j^T r
     # Projected Gauss-Newton matrix j^T (I - P_A) j = jj - K G^-1 K^T.
-    gk = _ridge_solve(g, kja.transpose(-1, -2))  # (C, 2N, 2N) = G^-1 K^T
+    gk = solve_g(kja.transpose(-1, -2))  # (C, 2N, 2N) = G^-1 K^T
     jtj = jj - kja @ gk  # (C, 2N, 2N)
     jtj = 0.5 * (jtj + jtj.transpose(-1, -2))
     return {"x": x, "f": f, "jtj": jtj, "grad": grad}
