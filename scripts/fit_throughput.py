@@ -157,31 +157,40 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
-def markdown(results: dict) -> str:
-    rows = results["rows"]
-    if rows and "baseline" not in rows[0]:
-        lines = ["| kernels | L | C | N | s/ch | ch/s | rel_l2 median / max |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            c = r["current"]
-            lines.append(f"| {r['kernels']} | {r['length']:,} | {r['channels']} | {r['order']} | "
-                         f"{c['sec_per_channel']:.4f} | {c['channels_per_sec']:.1f} | "
-                         f"{c['median']:.2e} / {c['max']:.2e} |")
-            if r["length"] == 8192 and r["kernels"] == KERNELS["hyenadna"]:
-                minutes = EVO1_CHANNELS / c["channels_per_sec"] / 60
-                lines.append(f"| projection: Evo-1-sized, {EVO1_CHANNELS:,} channels at L = 8192 | | | | "
-                             f"| {minutes:.1f} min | |")
-        rows = []
-    else:
-        lines = ["| kernels | L | C | baseline s/ch | current s/ch | speed-up | baseline ch/s | current ch/s "
-                 "| baseline rel_l2 median / max | current rel_l2 median / max |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def _current_only_rows(rows: list[dict]) -> list[str]:
+    """The table of the current fitter alone (--no-baseline), with the Evo-1 projection."""
+    lines = ["| kernels | L | C | N | s/ch | ch/s | rel_l2 median / max |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["current"]
+        lines.append(f"| {r['kernels']} | {r['length']:,} | {r['channels']} | {r['order']} | "
+                     f"{c['sec_per_channel']:.4f} | {c['channels_per_sec']:.1f} | "
+                     f"{c['median']:.2e} / {c['max']:.2e} |")
+        if r["length"] == 8192 and r["kernels"] == KERNELS["hyenadna"]:
+            minutes = EVO1_CHANNELS / c["channels_per_sec"] / 60
+            lines.append(f"| projection: Evo-1-sized, {EVO1_CHANNELS:,} channels at L = 8192 | | | | "
+                         f"| {minutes:.1f} min | |")
+    return lines
+
+
+def _side_by_side_rows(rows: list[dict]) -> list[str]:
+    """The table of the baseline against the current fitter."""
+    lines = ["| kernels | L | C | baseline s/ch | current s/ch | speed-up | baseline ch/s | current ch/s "
+             "| baseline rel_l2 median / max | current rel_l2 median / max |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b, c = r["baseline"], r["current"]
         lines.append(f"| {r['kernels']} | {r['length']:,} | {r['channels']} | {b['sec_per_channel']:.4f} | "
                      f"{c['sec_per_channel']:.4f} | {r['speedup']:.2f}x | {b['channels_per_sec']:.1f} | "
                      f"{c['channels_per_sec']:.1f} | {b['median']:.2e} / {b['max']:.2e} | "
                      f"{c['median']:.2e} / {c['max']:.2e} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    with_baseline = not rows or "baseline" in rows[0]
+    lines = _side_by_side_rows(rows) if with_baseline else _current_only_rows(rows)
     big = results.get("big")
     if big:
         lines += ["", f"Large job: {big['channels']} HyenaDNA-like channels, L = {big['length']}, "

@@ -4,8 +4,9 @@ glibc serves an allocation above its mmap threshold (dynamic, 32 MiB at most by 
 a fresh mapping and unmaps it at free, so every such temporary of a loop (a channel block of a
 1M-long pass, a scoring block) is a new mapping whose pages the kernel zeroes on first touch.
 On a 1M-long HyenaDNA layer (256 channels, `lcd distill --order 16`, 2 workers) that was 113 s
-of system time in a 2 min 31 s run; with the settings below, 56 s and 2 min 08 s, the same
-bytes written and a peak RSS of 8.4 GB instead of 6.9 GB (docs/benchmarks.md, 6b).
+of system time in a 2 min 31 s run; the settings below alone made it 56 s in 2 min 08 s (the
+same bytes written), and with the blocked passes of the same change 33 s in 1 min 39 s at a
+peak RSS of 4.65 GB instead of 6.9 GB (docs/benchmarks.md, 6b).
 
 Settings: allocations below _MMAP_THRESHOLD come from the heap, and the heap's free top is
 returned to the system only above _TRIM_THRESHOLD. A process-wide choice, made once by the CLI
