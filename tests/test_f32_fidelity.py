@@ -45,8 +45,9 @@ def _scores(h: torch.Tensor, order: int) -> tuple[fit_mod.FitResult, torch.Tenso
 def test_guard_brings_complex64_error_to_the_float64_error(length: int,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    """Without the guard the fit is exact in float64 and wildly off in complex64 (f32eval >= 1
-    on some channel, f64 ~1e-7); with it every channel's complex64 error is within twice its
+    """Without the guard the fit is exact in float64 and off in complex64 on some channel by
+    more than the bound below (f32eval >= 1 at L = 63, 1.5e-4 at L = 1000; f64 ~1e-7 to 1e-5);
+    with it every channel's complex64 error is within twice its
     float64 error plus the float32 evaluation floor of these slow modes, and the fit stays
     good. Channels the guard did not trigger on keep their parameters bit for bit."""
     h = double_pole_kernels(length)
@@ -54,7 +55,7 @@ def test_guard_brings_complex64_error_to_the_float64_error(length: int,
         m.setattr(fit_mod, "_f32_guard", lambda h, p, r, e: (p, r, e))
         raw, raw_f32 = _scores(h, 4)
     assert float(raw.rel_l2.max()) <= 1e-5
-    assert float(raw_f32.max()) >= 1.0  # the fragile fit the issue describes
+    assert bool((raw_f32 > 2 * raw.rel_l2 + 2e-5).any())  # fragile: the guard has work to do
     fit, f32 = _scores(h, 4)
     assert bool((f32 <= 2 * fit.rel_l2 + 2e-5).all()), (fit.rel_l2, f32)
     assert float(fit.rel_l2.max()) <= 1e-3

@@ -88,6 +88,7 @@ _ERA_WINDOW = 8192  # samples used by the subspace step
 _REFINE_WINDOW = 65536  # samples used by the refinement (the final residues use all L)
 _EXACT_ROWS = 256  # dense Hankel SVD up to this many rows, randomized above
 _ERA_POWER_ITERS = 2  # randomized-SVD power iterations for the initial poles (refined later)
+_TAIL_POWER_ITERS = 1  # ... and for the second half's candidates, which only join a restart's pool
 _REFINE_ITERS = 100
 _MU_DOWN = 3.0  # Levenberg-Marquardt damping divisor after an accepted step (x4 after a rejection)
 _RIDGE = 1e-12  # Tikhonov term on the unit-diagonal-scaled Gram matrix
@@ -660,7 +661,8 @@ def _select_modes(
     return torch.gather(allp, 1, idx)
 
 
-def _era_basis(hw: Tensor, order: int, rank: int, seed: int) -> Tensor | None:
+def _era_basis(hw: Tensor, order: int, rank: int, seed: int,
+               power_iters: int = _ERA_POWER_ITERS) -> Tensor | None:
     """Leading left singular vectors U (C, m, r) of the window's square Hankel matrix,
     r = min(rank, m - 1, n), or None when r < 1.
 
@@ -673,7 +675,7 @@ def _era_basis(hw: Tensor, order: int, rank: int, seed: int) -> Tensor | None:
         return None
     base = min(2 * order, m - 1, n)
     u, _, _, _ = hankel_svd(
-        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=_ERA_POWER_ITERS,
+        hw, r, exact_max_rows=_EXACT_ROWS, seed=seed, power_iters=power_iters,
         sketch=sketch_width(max(base, 1)),
     )  # (C, m, r)
     if u is None:  # pragma: no cover - hankel_svd returns vectors when asked
@@ -699,7 +701,7 @@ def _tail_basis(h: Tensor, order: int, seed: int) -> Tensor | None:
         return None
     ht = h[:, w // 2 : w]  # (C, W - W/2)
     mt, nt = hankel_shape(ht.shape[1])
-    return _era_basis(ht, order, min(2 * order, mt - 1, nt), seed)
+    return _era_basis(ht, order, min(2 * order, mt - 1, nt), seed, _TAIL_POWER_ITERS)
 
 
 def _era_poles(h: Tensor, order: int, seed: int, rank: int | None = None, reflect: bool = False,

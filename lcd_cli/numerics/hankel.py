@@ -203,7 +203,10 @@ def _randomized_svd(
         zt = _orth_rows(_hankel_apply(hf, qt, n, m, nfft))  # (C, q, n) from H^T Q
         qt = _orth_rows(_hankel_apply(hf, zt, m, n, nfft))  # (C, q, m) from H Z
     b = _hankel_apply(hf, qt, n, m, nfft)  # (C, q, n) = Q^T H
-    ub, s, _ = torch.linalg.svd(b, full_matrices=False)  # ub (C, q, q), s (C, q)
+    # B = R^T Q2^T from B^T = Q2 R: B's left singular vectors and values are those of the
+    # q x q R^T (a third of the time of the wide SVD at q = 48, n = 4097).
+    rb = torch.linalg.qr(b.transpose(-1, -2), mode="r").R  # (C, q, q)
+    ub, s, _ = torch.linalg.svd(rb.transpose(-1, -2))  # ub (C, q, q), s (C, q)
     u = qt.transpose(-1, -2) @ ub  # (C, m, q): H ~ Q B = (Q Ub) S Vb^T
     return u[..., :k], s[..., :k]
 
