@@ -399,17 +399,21 @@ def test_restart_starts_share_one_hankel_svd() -> None:
     assert torch.equal(u_big[..., :8], u_small)
 
 
+@pytest.mark.parametrize("first", [1, 2, 5], ids=["first1", "first2", "first5"])
 @pytest.mark.parametrize("near", [1.0, 0.9, 0.5], ids=["no-near", "near0.9", "near0.5"])
-def test_batched_restarts_equal_the_one_at_a_time_loop(tmp_path, monkeypatch, near: float) -> None:
-    """The outliers' restarts share one LM batch, and the result is bit for bit that of the
-    naive loop: one restart at a time, each on the channels still outliers, kept where it
+def test_batched_restarts_equal_the_one_at_a_time_loop(tmp_path, monkeypatch, near: float,
+                                                      first: int) -> None:
+    """The outliers' restarts run in shared LM batches, and the result is bit for bit that of
+    the naive loop: one restart at a time, each on the channels still outliers, kept where it
     scores better. The other channels are untouched. This holds whichever near-outliers join
-    the first batch (`_RESTART_NEAR`: none, the default, many), and the case has channels that
-    become outliers only after the first restarts (so the later batches and the near-outlier
-    rows are both exercised)."""
+    the first batch (`_RESTART_NEAR`: none, the default, many) and however many restarts the
+    first batch runs (`_RESTART_FIRST`: one, the default, two, all five), and the case has
+    channels that become outliers only after the first restarts (so the later batches, the
+    second stage and the near-outlier rows are all exercised)."""
     import lcd_cli.numerics.fit as fit_mod
 
     monkeypatch.setattr(fit_mod, "_RESTART_NEAR", near)
+    monkeypatch.setattr(fit_mod, "_RESTART_FIRST", first)
     path = tmp_path / "m.safetensors"
     write_example(make_example("hyenadna", d_model=64, n_layers=1, l_max=1000), path)
     with open_checkpoint(path) as ckpt:

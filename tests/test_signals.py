@@ -48,6 +48,10 @@ def start(tmp_path: Path, steps: int, ignore_hup: bool = False) -> subprocess.Po
     (tmp_path / "m.report.yaml").write_text("previous report")
 
     def setup() -> None:
+        # The child starts from default dispositions, whatever the test run inherited (a shell's
+        # background job ignores SIGINT, nohup SIGHUP, and children keep that), then as asked.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         if ignore_hup:  # as nohup does
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
@@ -102,9 +106,14 @@ def test_handle_termination_raises_and_restores() -> None:
 
 def test_deferred_signal_is_delivered_after_the_block() -> None:
     steps = []
-    with pytest.raises(KeyboardInterrupt), deferred_signals():  # Python's own SIGINT handler
-        os.kill(os.getpid(), signal.SIGINT)
-        steps.append("finished the critical section")
+    # Python's own SIGINT handler, also where the test run was started with SIGINT ignored.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("finished the critical section")
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert steps == ["finished the critical section"]
 
 
@@ -123,7 +132,11 @@ def test_run_terminable_message(capsys: pytest.CaptureFixture[str]) -> None:
         os.kill(os.getpid(), signal.SIGHUP)
         pytest.fail("the signal did not stop main()")
 
-    with pytest.raises(SystemExit) as e:
-        run_terminable(main, prog="lcd")
+    old = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # also under nohup, which ignores it
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_terminable(main, prog="lcd")
+    finally:
+        signal.signal(signal.SIGHUP, old)
     assert e.value.code == 129
     assert capsys.readouterr().err == "lcd: stopped by SIGHUP; unfinished outputs were removed\n"

@@ -27,10 +27,10 @@ Method:
    far above the chunk's median restart from other starts, in order, while they stay far off
    (candidates from the window's second half, which expose slow tails; reflected poles;
    higher-rank realizations; a rank-N realization for kernels of many clustered real modes);
-   their LM runs share one batch (`_restart_outliers`). One Hankel SVD, of the largest rank
-   any start uses, serves them all (`_era_basis`). Kernels longer than the ERA window get one
-   more start that sees all of them (`_coarse_start`): the fit of the decimated kernel
-   h[D s] (poles p^D), mapped back by the principal D-th root.
+   their LM runs share batches, in two stages (`_restart_outliers`). One Hankel SVD, of the
+   largest rank any start uses, serves them all (`_era_basis`). Kernels longer than the ERA
+   window get one more start that sees all of them (`_coarse_start`): the fit of the
+   decimated kernel h[D s] (poles p^D), mapped back by the principal D-th root.
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
    L x N matrix is formed; the right-hand sides z = sum_t h[t] p^t are two-level sums
@@ -119,6 +119,12 @@ _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the medi
 # those that become outliers later did so at 1.85-1.95x the first median (the median fell
 # 5-11 % as the first outliers improved; HyenaDNA example, L = 1024 and 8192).
 _RESTART_NEAR = 0.9
+# The first batch of restarts runs the first _RESTART_FIRST of them; the channels still
+# outliers after those get all the others in one later batch. When the first batch ran all
+# five, about half of its rows were refined for nothing (the channel was no longer an outlier
+# when its turn came; HyenaDNA example, L = 8192: 47 of 95 and 29 of 90 rows used in two
+# chunks). One restart first refines the fewest rows of the choices 1, 2, 3, 5.
+_RESTART_FIRST = 1
 _RESTART_BUDGET = 1 << 23  # float64 words of the (rows, 2A, T) blocks of one LM batch of restarts
 # Float32 guard (`_f32_guard`): the stored parameters are also evaluated as complex64 engines
 # do (exp(t log p) and the recurrence) over the first _F32_WINDOW samples (the recurrence is
@@ -965,14 +971,16 @@ def _restart_outliers(
     each restart is kept where it scores better, and only channels still outliers go on to
     the next.
 
-    The LM runs of all restarts of a channel are one batch, formed at the step where it first
-    is an outlier (rows grouped within _RESTART_BUDGET): at the few rows of one restart an LM
-    iteration is mostly fixed cost (about 5 ms at 8 rows against 20 ms at 64, L = 8192,
-    N = 16), so one batch of five restarts costs about what two separate ones did, although it
-    also refines restarts that the order above then discards. Channels just below the
-    threshold (above _RESTART_NEAR of it) join the first batch too, in case the median falls
-    enough to make them outliers; a channel that becomes one without a batch gets its own,
-    as before. A row's iterates do not depend on its batch (`_refine`), so every restart gives
+    Restarts run in LM batches, each (channel, restart) at most once (rows grouped within
+    _RESTART_BUDGET): at the few rows of one restart an LM iteration is mostly fixed cost
+    (about 6 ms at 8 rows against 24-30 ms at 64, L = 8192, N = 16), so restarts are batched
+    ahead of need, in two stages. The first outliers, and the channels just below the
+    threshold (above _RESTART_NEAR of it, in case the median falls enough to make them
+    outliers), run the first _RESTART_FIRST restarts in one batch. A channel that is an
+    outlier at a restart it has no fit of (one still far off after the first stage, or one
+    that became an outlier later) runs all the restarts left in the batch of that step. A
+    row's iterates do not depend on its batch (`_refine`), and neither does a channel's
+    second-half basis (computed once per channel, `_tail_basis`), so every restart gives
     what it would alone: the result is that of the one-restart-at-a-time loop, bit for bit.
     (Keeping the best of every restart instead lowers the float64 error but can pick fits
     whose modes cancel more than the float32 guard repairs: the double-pole case of
@@ -986,12 +994,28 @@ def _restart_outliers(
     """
     poles, res, err = best
     w = min(h.shape[-1], _REFINE_WINDOW)
+    tails: Tensor | None = None  # (C, m', r') second-half bases, rows filled as needed
+    have_tail = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)  # (C,)
+
+    def tail_basis(idx: Tensor) -> Tensor | None:
+        """The second-half bases of channels idx (Cb, m', r'), each computed once."""
+        nonlocal tails
+        need = idx[~have_tail[idx]]  # (Cn,)
+        if need.numel():
+            got = _tail_basis(h[need], order, seed)  # (Cn, m', r'), None for short kernels
+            if got is None:
+                return None
+            if tails is None:
+                tails = got.new_empty(h.shape[0], *got.shape[1:])
+            tails[need] = got
+            have_tail[need] = True
+        return None if tails is None else tails[idx]
 
     def run(idx: Tensor, restarts: list[int]) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Restarts `restarts` (indices into _RESTARTS) of channels idx, one LM batch per group."""
         hb = h[idx]  # (Cb, L)
         sub = None if basis is None else basis[idx]  # (Cb, m, r)
-        tail = _tail_basis(hb, order, seed) if any(_RESTARTS[k][2] for k in restarts) else None
+        tail = tail_basis(idx) if any(_RESTARTS[k][2] for k in restarts) else None
         starts = [_era_poles(hb, order, seed, a * order + b, reflect, tail=use_tail, basis=sub,
                              tail_basis=tail)
                   for (a, b), reflect, use_tail in (_RESTARTS[k] for k in restarts)]  # (Cb, N) each
@@ -1005,32 +1029,36 @@ def _restart_outliers(
             out += [_finish(hb, refined[k * cb : (k + 1) * cb], float32) for k in range(len(part))]
         return out
 
-    # Each channel's restarts run once, in the batch of the step where it first is an
-    # outlier (the first outliers: all restarts at once; later ones: the restarts left).
-    batch = torch.full((h.shape[0],), -1, dtype=torch.long, device=h.device)  # (C,) its batch
-    row = torch.full_like(batch, -1)  # (C,) its row there
+    # Each (channel, restart) runs at most once, in the batch of the step where the channel
+    # first needs it: the first outliers (and near ones) the first _RESTART_FIRST restarts;
+    # a channel that needs a restart it has no fit of, all the restarts left.
+    count = len(_RESTARTS)
+    batch = torch.full((h.shape[0], count), -1, dtype=torch.long, device=h.device)  # (C, R)
+    row = torch.full_like(batch, -1)  # (C, R) its row there
     batches: list[tuple[int, list[tuple[Tensor, Tensor, Tensor]]]] = []  # (first restart, fits)
-    for k in range(len(_RESTARTS)):
+    for k in range(count):
         bad = _outliers(err, h)  # (C,) the channels still far off
         if not bool(bad.any()):
             break
         idx = bad.nonzero()[:, 0]  # (Cb,)
-        new = idx[batch[idx] < 0]  # (Cn,) outliers without a batch yet
+        new = idx[batch[idx, k] < 0]  # (Cn,) outliers without a fit of restart k
+        stop = count
         if k == 0:
             # Channels just below the threshold become outliers when the median falls; they
             # join the first batch, whose rows cost far less than a later batch of a few.
             near = _outliers(err, h, _RESTART_FACTOR * _RESTART_NEAR) & ~bad  # (C,)
             new = torch.sort(torch.cat([new, near.nonzero()[:, 0]])).values  # (Cn,)
+            stop = min(count, _RESTART_FIRST)
         if new.numel():
-            batch[new] = len(batches)
-            row[new] = torch.arange(new.numel(), device=h.device)
-            batches.append((k, run(new, list(range(k, len(_RESTARTS))))))
+            batch[new, k:stop] = len(batches)
+            row[new, k:stop] = torch.arange(new.numel(), device=h.device)[:, None]
+            batches.append((k, run(new, list(range(k, stop)))))
         alt = [x.clone() for x in (poles[idx], res[idx], err[idx])]
         for b, (k0, fits) in enumerate(batches):
-            mine = (batch[idx] == b).nonzero()[:, 0]  # (Cm,) positions in idx
+            mine = (batch[idx, k] == b).nonzero()[:, 0]  # (Cm,) positions in idx
             if mine.numel():
                 for a, f in zip(alt, fits[k - k0], strict=True):
-                    a[mine] = f[row[idx[mine]]]
+                    a[mine] = f[row[idx[mine], k]]
         poles[idx], res[idx], err[idx] = _keep_better((poles[idx], res[idx], err[idx]),
                                                       (alt[0], alt[1], alt[2]))
     return poles, res, err
