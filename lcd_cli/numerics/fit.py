@@ -962,6 +962,36 @@ def _outliers(err: Tensor, h: Tensor, factor: float = _RESTART_FACTOR) -> Tensor
     return (rel > factor * rel.quantile(0.5)) & (rel > _FROZEN_REL)
 
 
+def _restart_fits(
+    h: Tensor, idx: Tensor, restarts: list[int], order: int, seed: int, refine_iters: int,
+    float32: bool, basis: Tensor | None, tail: Tensor | None,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The restarts `restarts` (indices into _RESTARTS) of channels idx of the chunk h, their
+    LM runs in batches of restarts within _RESTART_BUDGET.
+
+    Args:
+        h: (C, L) float64; idx: (Cb,) channels; basis: the chunk's ERA basis (C, m, r) or
+            None; tail: the channels' second-half basis (Cb, m', r') (`_tail_basis`), or None.
+    Returns:
+        per restart, the finished (poles, residues, error), each (Cb, ...).
+    """
+    w = min(h.shape[-1], _REFINE_WINDOW)
+    hb = h[idx]  # (Cb, L)
+    sub = None if basis is None else basis[idx]  # (Cb, m, r)
+    starts = [_era_poles(hb, order, seed, a * order + b, reflect, tail=use_tail, basis=sub,
+                         tail_basis=tail)
+              for (a, b), reflect, use_tail in (_RESTARTS[k] for k in restarts)]  # (Cb, N) each
+    cb = idx.numel()
+    group = max(1, _RESTART_BUDGET // max(1, 2 * cb * w))  # restarts per LM batch
+    out = []
+    for g0 in range(0, len(starts), group):
+        part = starts[g0 : g0 + group]
+        refined = _refine(hb[:, :w].repeat(len(part), 1), torch.cat(part), w,
+                          refine_iters)  # (G Cb, N)
+        out += [_finish(hb, refined[k * cb : (k + 1) * cb], float32) for k in range(len(part))]
+    return out
+
+
 def _restart_outliers(
     h: Tensor, order: int, seed: int, refine_iters: int, float32: bool, basis: Tensor | None,
     best: tuple[Tensor, Tensor, Tensor],
@@ -993,7 +1023,6 @@ def _restart_outliers(
         the updated (poles, residues, error).
     """
     poles, res, err = best
-    w = min(h.shape[-1], _REFINE_WINDOW)
     tails: Tensor | None = None  # (C, m', r') second-half bases, rows filled as needed
     have_tail = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)  # (C,)
 
@@ -1012,22 +1041,8 @@ def _restart_outliers(
         return None if tails is None else tails[idx]
 
     def run(idx: Tensor, restarts: list[int]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Restarts `restarts` (indices into _RESTARTS) of channels idx, one LM batch per group."""
-        hb = h[idx]  # (Cb, L)
-        sub = None if basis is None else basis[idx]  # (Cb, m, r)
         tail = tail_basis(idx) if any(_RESTARTS[k][2] for k in restarts) else None
-        starts = [_era_poles(hb, order, seed, a * order + b, reflect, tail=use_tail, basis=sub,
-                             tail_basis=tail)
-                  for (a, b), reflect, use_tail in (_RESTARTS[k] for k in restarts)]  # (Cb, N) each
-        cb = idx.numel()
-        group = max(1, _RESTART_BUDGET // max(1, 2 * cb * w))  # restarts per LM batch
-        out = []
-        for g0 in range(0, len(starts), group):
-            part = starts[g0 : g0 + group]
-            refined = _refine(hb[:, :w].repeat(len(part), 1), torch.cat(part), w,
-                              refine_iters)  # (G Cb, N)
-            out += [_finish(hb, refined[k * cb : (k + 1) * cb], float32) for k in range(len(part))]
-        return out
+        return _restart_fits(h, idx, restarts, order, seed, refine_iters, float32, basis, tail)
 
     # Each (channel, restart) runs at most once, in the batch of the step where the channel
     # first needs it: the first outliers (and near ones) the first _RESTART_FIRST restarts;
