@@ -89,3 +89,39 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_declined(monkeypatch) -> 
         return
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True  # idempotent
+
+
+def test_scoring_with_workers_matches_one_block(monkeypatch: pytest.MonkeyPatch,
+                                                one_thread: object) -> None:
+    """kernel_errors split into channel blocks and floor groups, run by two workers, reports
+    exactly what one in-process pass over the whole layer gives."""
+    import lcd_cli.numerics.metrics as metrics
+    from lcd_cli.numerics.hankel import fft_size, hankel_floor
+    from lcd_cli.numerics.modal import modal_kernel
+
+    h = _kernels(21, 300, seed=3)  # 21 channels: floor groups of 8, 8, 5
+    fit = fit_modal(h, 3)
+    monkeypatch.setattr(metrics, "_SCORE_BUDGET", 2 * fft_size(600) * 4)  # blocks of 4 channels
+    counts: list[int] = []
+    real_run = metrics.run_jobs
+
+    def spy(fn, jobs, workers):  # type: ignore[no-untyped-def]
+        counts.append(workers)
+        return real_run(fn, jobs, workers)
+
+    monkeypatch.setattr(metrics, "run_jobs", spy)
+    small = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
+    monkeypatch.setattr(metrics, "_PARALLEL_SCORE_WORDS", 0)  # large enough for the workers
+    two = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
+    assert counts == [1, 2]  # the small layer scored in process, then by the two workers
+    assert two == small
+    # The reference: one pass over all channels, the floor of all sampled channels at once.
+    diff = h - modal_kernel(fit.poles, fit.residues, 300)  # (C, L)
+    rel = diff.norm(dim=-1) / h.norm(dim=-1)
+    spectra = torch.fft.rfft(torch.cat([h, diff]), n=fft_size(600)).abs().amax(-1)  # (2C,)
+    floor = hankel_floor(h, [3], max_dense=metrics.DENSE_HANKEL_BUDGET).values[:, 0]  # (C,)
+    assert two["rel_l2"]["max"] == pytest.approx(float(rel.max()), rel=1e-12)
+    assert two["hinf_rel"] == pytest.approx(float((spectra[21:] / spectra[:21]).max()), rel=1e-12)
+    assert two["max_abs"] == float(diff.abs().max())
+    assert two["floor"] == float(floor.quantile(0.5))
+    assert two["floor_channels"] == 21 and two["floor_exact"]

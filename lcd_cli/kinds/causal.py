@@ -118,7 +118,8 @@ class CausalKind(LayerKind):
         if on_step:
             on_step(f"N={fit.order}: scoring the stored parameters")
         poles, residues = to_pairs(fit.poles), to_pairs(fit.residues)  # (C, N, 2) float32
-        stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order)
+        stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order,
+                              workers=settings.workers)
         window = min(h.shape[1], F32_EVAL_WINDOW)
         f32 = rel_l2_f32eval(h[:, :window], poles, residues)  # (C,) as complex64 engines see it
         stats["rel_l2_f32eval"] = {"median": float(f32.quantile(0.5)), "max": float(f32.max()),
@@ -131,7 +132,7 @@ class CausalKind(LayerKind):
             # The constraint's cost: "floor" bounds any N-mode fit (Hankel rank 2N); a real-pole
             # fit has rank <= N <= 2 ceil(N / 2), so the floor at order ceil(N / 2) bounds it.
             stats["poles"] = settings.poles
-            stats["floor_real"] = hankel_floor(h, (fit.order + 1) // 2)[0]
+            stats["floor_real"] = hankel_floor(h, (fit.order + 1) // 2, settings.workers)[0]
             if free is not None:
                 stats["rel_l2_complex"] = {"median": float(free.rel_l2.quantile(0.5)),
                                            "max": float(free.rel_l2.max())}

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lcd_cli.numerics.hankel import fft_size
 from lcd_cli.numerics.hankel import hankel_floor as floors_over_shapes
 from lcd_cli.numerics.modal import modal_kernel
+from lcd_cli.numerics.parallel import resolve_workers, run_jobs
 
 FLOOR_CHANNELS = 64  # channels sampled (evenly) for the Hankel floor
 DENSE_HANKEL_BUDGET = 1 << 21  # m * n entries up to which a Hankel shape gets a dense SVD
 _F32_CHUNK = 4096  # time steps per block of the complex64 exp(t log p) evaluation
 _REC_BUDGET = 1 << 22  # complex64 states of one block of the recurrence (32 MiB)
 _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (256 MiB)
+_FLOOR_GROUP = 8  # sampled channels per job of the Hankel floor
+# Layers of at least this many float64 samples are scored by the worker processes (16 M: e.g.
+# 2048 channels at L = 8192, 16 at L = 1M); smaller ones score in well under a second here.
+_PARALLEL_SCORE_WORDS = 1 << 24
 
 
 def relative_l2(h: Tensor, h_hat: Tensor) -> Tensor:
@@ -47,35 +53,79 @@ def sample_channels(channels: int, most: int) -> Tensor:
     return torch.linspace(0, channels - 1, most).round().long()
 
 
-def hankel_floor(h: Tensor, order: int) -> tuple[float, bool, int]:
-    """Median Eckart-Young floor at ``order`` over sampled channels; (floor, rigorous, channels)."""
-    idx = sample_channels(h.shape[0], FLOOR_CHANNELS)
-    floor = floors_over_shapes(h[idx], [order], max_dense=DENSE_HANKEL_BUDGET)
-    return float(floor.values[:, 0].quantile(0.5)), floor.rigorous, int(idx.numel())
+def hankel_floor(h: Tensor, order: int, workers: int | None = None) -> tuple[float, bool, int]:
+    """Median Eckart-Young floor at ``order`` over sampled channels; (floor, rigorous, channels).
+    ``workers``: processes sharing the sampled channels (`_score_jobs`)."""
+    jobs = _floor_jobs(h, order)
+    return _floor_summary(_score_jobs(jobs, workers, sum(job[1].numel() for job in jobs)))
 
 
-def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int) -> dict[str, Any]:
+def _floor_jobs(h: Tensor, order: int) -> list[tuple[Any, ...]]:
+    """`_score_job`s of the floor: the sampled channels in groups of _FLOOR_GROUP."""
+    idx = sample_channels(h.shape[0], FLOOR_CHANNELS)  # (S,)
+    return [("floor", h[idx[i : i + _FLOOR_GROUP]], order)
+            for i in range(0, idx.numel(), _FLOOR_GROUP)]
+
+
+def _floor_summary(parts: list[tuple[Tensor, bool]]) -> tuple[float, bool, int]:
+    """(median floor, rigorous, channels) of the floor jobs' results."""
+    values = torch.cat([v for v, _ in parts])  # (S,)
+    return float(values.quantile(0.5)), all(r for _, r in parts), int(values.numel())
+
+
+def _score_job(what: str, h: Tensor | np.ndarray, *args: Any) -> Any:
+    """One job of `kernel_errors` on a block of channels (module level: workers import it).
+
+    ("errors", h, poles, residues, nfft) -> (||h - h_hat|| (Cb,), H-infinity ratio (Cb,),
+    max |h - h_hat|); ("floor", h, order) -> (floor per channel (Cb,), rigorous)."""
+    h = torch.as_tensor(h)  # (Cb, L): a tensor here, an array in a worker
+    if what == "floor":
+        (order,) = args
+        floor = floors_over_shapes(h, [order], max_dense=DENSE_HANKEL_BUDGET)
+        return floor.values[:, 0].cpu(), floor.rigorous
+    poles, residues, nfft = (torch.as_tensor(args[0]), torch.as_tensor(args[1]), args[2])
+    diff = h - modal_kernel(poles, residues, h.shape[1])  # (Cb, L)
+    H = torch.fft.rfft(h, n=nfft).abs().amax(-1)  # (Cb,)
+    E = torch.fft.rfft(diff, n=nfft).abs().amax(-1)  # (Cb,)
+    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
+    return (torch.linalg.vector_norm(diff, dim=-1).cpu(), (E / H.clamp_min(1e-300)).cpu(),
+            max_abs)
+
+
+def _score_jobs(jobs: list[tuple[Any, ...]], workers: int | None, words: int) -> list[Any]:
+    """`_score_job` over jobs, in worker processes when ``workers`` > 1 and the layer is large
+    (``words``, its float64 samples, at least _PARALLEL_SCORE_WORDS: below, the transfer and
+    a pool's start cost more than the scoring), else here. Every job's result depends on its
+    own channels only, so the report is the same for any worker count. Workers get the
+    tensors as CPU arrays (pickled by value: a block's data only, not its parent's)."""
+    on_cpu = all(a.device.type == "cpu" for job in jobs for a in job if isinstance(a, Tensor))
+    count = resolve_workers(workers) if words >= _PARALLEL_SCORE_WORDS and on_cpu else 1
+    if count > 1:
+        jobs = [tuple(a.cpu().numpy() if isinstance(a, Tensor) else a for a in job)
+                for job in jobs]
+    return run_jobs(_score_job, jobs, count)
+
+
+def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int,
+                  workers: int | None = None) -> dict[str, Any]:
     """Error statistics of the modal kernel (poles, residues: (C, N) complex) against h (C, L).
 
     Channels go in blocks of _SCORE_BUDGET words (a 1M-long layer of 256 channels peaked at
-    16.6 GB in one piece); the spectra use the next fast FFT size >= 2L (a 5-smooth n; 2L
+    16.6 GB in one piece), the blocks and the floor's sampled channels shared by ``workers``
+    processes (`_score_jobs`); the spectra use the next fast FFT size >= 2L (a 5-smooth n; 2L
     itself can be a large prime factor's slow transform: 4.8 s for 32 channels at L = 1M)."""
     c, length = h.shape
     nfft = fft_size(2 * length)
     step = max(1, _SCORE_BUDGET // max(1, 2 * nfft))  # channels per block
-    dnorm = torch.empty(c, dtype=torch.float64, device=h.device)  # (C,) ||h - h_hat||
-    hinf = torch.empty_like(dnorm)  # (C,)
-    max_abs = 0.0
-    for i in range(0, c, step):
-        hc = h[i : i + step]  # (Cb, L)
-        diff = hc - modal_kernel(poles[i : i + step], residues[i : i + step], length)  # (Cb, L)
-        dnorm[i : i + step] = torch.linalg.vector_norm(diff, dim=-1)
-        H = torch.fft.rfft(hc, n=nfft).abs().amax(-1)  # (Cb,)
-        E = torch.fft.rfft(diff, n=nfft).abs().amax(-1)  # (Cb,)
-        hinf[i : i + step] = E / H.clamp_min(1e-300)
-        max_abs = max(max_abs, float(diff.abs().max()) if diff.numel() else 0.0)
+    blocks = [slice(i, i + step) for i in range(0, c, step)]
+    jobs = [("errors", h[b], poles[b], residues[b], nfft) for b in blocks]
+    out = _score_jobs(jobs + _floor_jobs(h, order), workers, h.numel())
+    errors, floors = out[: len(blocks)], out[len(blocks) :]
+    dnorm = torch.cat([e[0] for e in errors]).to(h.device)  # (C,) ||h - h_hat||
+    hinf = torch.cat([e[1] for e in errors])  # (C,)
+    max_abs = max(e[2] for e in errors)
     rel = _relative(dnorm, h)  # (C,)
-    floor, exact, sampled = hankel_floor(h, order)
+    floor, exact, sampled = _floor_summary(floors)
     return {
         "rel_l2": {"median": float(rel.quantile(0.5)), "mean": float(rel.mean()),
                    "max": float(rel.max())},
