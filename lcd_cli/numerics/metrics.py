@@ -31,7 +31,9 @@ _REC_BUDGET = 1 << 22  # complex64 states of one block of the recurrence (32 MiB
 _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (256 MiB)
 _FLOOR_GROUP = 8  # sampled channels per job of the Hankel floor
 # Layers of at least this many float64 samples are scored by the worker processes (16 M: e.g.
-# 2048 channels at L = 8192, 16 at L = 1M); smaller ones score in well under a second here.
+# 2048 channels at L = 8192, 16 at L = 1M); the full-length passes of smaller ones take a few
+# seconds at most here. (The floor's dense SVDs do not scale with the layer: 64 channels took
+# 5-55 s at L = 1000-8192 and 4 s at L >= 16384 on one thread; docs/benchmarks.md, 6e.)
 _PARALLEL_SCORE_WORDS = 1 << 24
 
 
