@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from lcd_cli.numerics.hankel import hankel_floor, hankel_shape
-from lcd_cli.numerics.metrics import DENSE_HANKEL_BUDGET, sample_channels
+from lcd_cli.numerics.metrics import sample_channels
 
 FLOOR_ORDERS = (8, 16, 32, 64)
 TOLERANCES = (1e-2, 1e-3)
@@ -29,7 +29,7 @@ def compressibility(h: Tensor, *, channels: int = 16, max_order: int = 128) -> d
     rows, cols = hankel_shape(sub.shape[1])
     top = max(1, min(max_order, (min(rows, cols) - 1) // 2))
     orders = list(range(1, top + 1))
-    bound = hankel_floor(sub, orders, max_dense=DENSE_HANKEL_BUDGET)
+    bound = hankel_floor(sub, orders)
     floors = bound.values  # (S, top)
     worst = floors.amax(0)  # (top,)
     order_for = {}

@@ -24,6 +24,7 @@ energy) is over-estimated and the "floor" becomes an estimate that can exceed th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,19 @@ _FFT_BLOCK = 1 << 20
 _OVERSAMPLE = 10
 _OVERSAMPLE_DIV = 2  # sketch width q = k + max(_OVERSAMPLE, k // _OVERSAMPLE_DIV)
 _POWER_ITERS = 3
+# The Gram route's rounding bound on each eigenvalue, delta = _GRAM_ROUNDING m eps (lambda_max +
+# log2(nfft) ||h||^2): the m x m eigenproblem's backward error (eps ||G|| per step) and the FFT
+# lag sums' (eps log2(nfft) ||h||^2 per entry), m of each. Its tails are lowered by (m - r) delta
+# (Weyl), so that a floor never exceeds the exact one. Against dense SVDs of the same shapes
+# (m = 33-264; L = 1000 to 1,000,002; decaying, exact low-rank, noise, constant and spike
+# kernels), a tail came out at most 0.14 (m - r) delta / _GRAM_ROUNDING above the exact one.
+_GRAM_ROUNDING = 4.0
+# The largest dense Hankel SVD of a floor, by its cost m^2 n (about 0.4 s per channel at
+# m = 528, n = 3569 here): larger shapes take the Gram route. It admits every shape that fits in
+# memory up to L = 2048 (the square m = ceil(L/2) included), m <= 264 at L = 8192, m <= 66 at
+# L = 65536 and none at L = 1M.
+DENSE_COST = 1 << 30
+_QR_FIRST = 2  # values-only dense SVDs of shapes this elongated or more go through a QR
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,8 @@ class HankelSpectrum:
         rows: m, the number of Hankel rows (= min(m, n)).
         exact: True when sigma comes from a dense SVD; False for a randomized SVD.
         tail2: (C, m + 1) with tail2[:, r] = sum_{j >= r} sigma_j^2, only for exact spectra
-            (accurate tails without the cancellation of frob2 - sum sigma^2); else None.
+            (accurate tails without the cancellation of frob2 - sum sigma^2; from a Gram
+            matrix, less its rounding bound: see `gram_spectrum`); else None.
     """
 
     sigma: Tensor
@@ -220,7 +235,13 @@ def _dense_svd(
     if want_vectors:
         u, s, _ = torch.linalg.svd(hm, full_matrices=False)  # (C, m, m), (C, m)
         return u, s
-    return None, torch.linalg.svdvals(hm)  # (C, m)
+    if min(_m, n) * _QR_FIRST > max(_m, n):  # near-square: one SVD
+        return None, torch.linalg.svdvals(hm)  # (C, p)
+    # Short and wide: the p x p triangular factor of the tall side's Householder QR has the
+    # same singular values (to rounding, as the QR is backward stable), and QR plus its SVD
+    # is 2-6x faster than the wide SVD (m = 66, n = 65471: 0.07 against 0.45 s per channel).
+    tall = hm.transpose(-1, -2) if _m <= n else hm  # (C, max, min)
+    return None, torch.linalg.svdvals(torch.linalg.qr(tall, mode="r").R)  # (C, p)
 
 
 def hankel_svd(
@@ -410,19 +431,29 @@ def hankel_gram(h: Tensor, rows: int, autocorr: Tensor | None = None) -> Tensor:
 
 
 def gram_spectrum(h: Tensor, rows: int, autocorr: Tensor | None = None) -> HankelSpectrum:
-    """The exact Hankel spectrum of a short-and-wide shape from its Gram matrix (eigenvalues
+    """The Hankel spectrum of a short-and-wide shape from its Gram matrix (eigenvalues
     = sigma^2), for shapes too large for a dense SVD of H itself (long kernels). ``autocorr``:
     the kernels' `autocorrelation` (shared by several shapes), or None.
 
-    Tails come from the smallest eigenvalues, not from frob2 - captured energy. Rounding makes
-    them accurate to about eps m sigma_1^2, i.e. floors below ~sqrt(eps m) (5e-7 at m = 1024)
-    are at the resolution of float64."""
+    Tails come from the smallest eigenvalues, not from frob2 - captured energy, and are lower
+    bounds: each eigenvalue is within delta = _GRAM_ROUNDING m eps (lambda_max + log2(nfft)
+    ||h||^2) of sigma_j^2, so ``tail2[:, r]`` is the sum past r less (m - r) delta, at least 0.
+    A floor below that resolution (about sqrt((m - r) delta / m) / ||h||: 1e-5 at m = 528 for
+    a kernel with lambda_max = 300 ||h||^2) therefore comes out 0, never as rounding noise
+    above the error a fit can reach."""
     h = h.to(torch.float64)
-    lam = torch.linalg.eigvalsh(hankel_gram(h, rows, autocorr)).clamp_min(0.0)  # (C, m)
+    length = h.shape[-1]
+    m, n = hankel_shape(length, rows)
+    lam = torch.linalg.eigvalsh(hankel_gram(h, rows, autocorr)).clamp_min(0.0)  # (C, m) ascending
     s2 = torch.flip(lam, (-1,))  # (C, m) descending sigma^2
     rev = torch.flip(torch.cumsum(lam, -1), (-1,))  # (C, m): sum_{j >= r} sigma_j^2
-    tail2 = torch.cat([rev, rev.new_zeros(rev.shape[0], 1)], dim=-1)  # (C, m + 1)
-    m, n = hankel_shape(h.shape[-1], rows)
+    eps = torch.finfo(torch.float64).eps
+    norm2 = (h * h).sum(-1, keepdim=True)  # (C, 1)
+    lognfft = math.log2(fft_size(2 * length - 1))
+    delta = _GRAM_ROUNDING * m * eps * (s2[:, :1] + lognfft * norm2)  # (C, 1) per eigenvalue
+    count = torch.arange(m, 0, -1, dtype=h.dtype, device=h.device)  # (m,): m - r values past r
+    low = (rev - count * delta).clamp_min(0.0)  # (C, m) lower bounds on the tails
+    tail2 = torch.cat([low, low.new_zeros(low.shape[0], 1)], dim=-1)  # (C, m + 1)
     return HankelSpectrum(sigma=torch.sqrt(s2), frob2=hankel_frob2(h, m),
                           rows=min(m, n), exact=True, tail2=tail2)
 
@@ -433,7 +464,7 @@ def hankel_floor(
     *,
     exact_max_rows: int = 1024,
     seed: int = 0,
-    max_dense: int = 1 << 24,
+    dense_cost: int = DENSE_COST,
 ) -> EckartYoungFloor:
     """Tightest Eckart-Young floor over several Hankel shapes (the max of valid bounds).
 
@@ -441,12 +472,13 @@ def hankel_floor(
     (m = ceil(L/2)) weights h[t] by mult(t) = min(t + 1, m, L - t), far below m for the
     early samples where decaying kernels keep their energy, so its bound is loose there; a
     short-and-wide Hankel (m a few times 2N) has mult(t) = m for most t and is often much
-    tighter. Row counts 2 Nmax + 1, doubling, up to ceil(L/2) are tried with dense (exact)
-    SVDs where m <= exact_max_rows and m * n <= max_dense; the result is rigorous. If no shape
-    is that small (long kernels), the shapes with m <= exact_max_rows get their exact spectra
-    from the m x m Gram matrix (:func:`gram_spectrum`, O(L log L + m^3) per channel, any L):
-    still rigorous. Only if not even that applies (2 Nmax + 1 > exact_max_rows) is the square
-    matrix's randomized estimate returned (rigorous=False).
+    tighter. Row counts 2 Nmax + 1, doubling, up to ceil(L/2) are tried, each with an exact
+    spectrum where m <= exact_max_rows: a dense SVD where its cost m^2 n is at most
+    ``dense_cost`` (exact to rounding), else the m x m Gram matrix (:func:`gram_spectrum`,
+    O(L log L + m^3) per channel, any L), whose tails are lowered by their rounding bound
+    (floors below that resolution are 0). Both are rigorous. Only if no shape has
+    m <= exact_max_rows (2 Nmax + 1 > exact_max_rows) is the square matrix's randomized
+    estimate returned (rigorous=False).
 
     Args:
         h: (C, L) kernels; orders: the orders N.
@@ -464,23 +496,23 @@ def hankel_floor(
         grid.append(m)
         m *= 2
     grid.append(m_full)
+    shapes = [m for m in grid if m <= exact_max_rows]
+    dense = [m for m in shapes if m * m * (length - m + 1) <= dense_cost]
+    gram = [m for m in shapes if m not in dense]
     best: Tensor | None = None
-    for m in grid:
-        n = length - m + 1
-        if m > exact_max_rows or m * n > max_dense:
-            continue
+    for m in dense:
         spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed, rows=m)
         vals = eckart_young_floor(spec, norm2, orders).values  # (C, len(orders))
         best = vals if best is None else torch.maximum(best, vals)
-    shapes = [m for m in grid if m <= exact_max_rows and m < m_full]
-    if best is None and shapes:  # long kernels: exact spectra of the short shapes (Gram route)
+    if gram:  # the larger shapes of long kernels: exact spectra from their Gram matrices
         parts = []
-        for i, part in _channel_blocks(h, max(shapes)):
-            acf = autocorrelation(part, max(shapes))  # (Cb, m_max): one FFT pair for all shapes
+        for i, part in _channel_blocks(h, max(gram)):
+            acf = autocorrelation(part, max(gram))  # (Cb, m_max): one FFT pair for all shapes
             vals = [eckart_young_floor(gram_spectrum(part, m, acf), norm2[i:i + len(part)],
-                                       orders).values for m in shapes]  # (Cb, len(orders)) each
+                                       orders).values for m in gram]  # (Cb, len(orders)) each
             parts.append(torch.stack(vals).amax(0))
-        best = torch.cat(parts)  # (C, len(orders))
+        vals = torch.cat(parts)  # (C, len(orders))
+        best = vals if best is None else torch.maximum(best, vals)
     if best is not None:
         return EckartYoungFloor(values=best, orders=tuple(int(o) for o in orders), rigorous=True)
     spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed)

@@ -25,7 +25,6 @@ from lcd_cli.numerics.modal import modal_kernel
 from lcd_cli.numerics.parallel import resolve_workers, run_jobs
 
 FLOOR_CHANNELS = 64  # channels sampled (evenly) for the Hankel floor
-DENSE_HANKEL_BUDGET = 1 << 21  # m * n entries up to which a Hankel shape gets a dense SVD
 _F32_CHUNK = 4096  # time steps per block of the complex64 exp(t log p) evaluation
 _REC_BUDGET = 1 << 22  # complex64 states of one block of the recurrence (32 MiB)
 _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (256 MiB)
@@ -83,7 +82,7 @@ def _score_job(what: str, h: Tensor | np.ndarray, *args: Any) -> Any:
     h = torch.as_tensor(h)  # (Cb, L): a tensor here, an array in a worker
     if what == "floor":
         (order,) = args
-        floor = floors_over_shapes(h, [order], max_dense=DENSE_HANKEL_BUDGET)
+        floor = floors_over_shapes(h, [order])
         return floor.values[:, 0].cpu(), floor.rigorous
     poles, residues, nfft = (torch.as_tensor(args[0]), torch.as_tensor(args[1]), args[2])
     diff = h - modal_kernel(poles, residues, h.shape[1])  # (Cb, L)

@@ -53,7 +53,6 @@ from torch import Tensor
 from lcd_cli.errors import LcdError
 from lcd_cli.numerics.hankel import fft_size, hankel_floor
 from lcd_cli.numerics.metrics import (
-    DENSE_HANKEL_BUDGET,
     f32_kernels,
     kernel_errors,
     relative_l2,
@@ -195,7 +194,7 @@ def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
     idx = sample_channels(h.shape[0], 64)
     floors = []
     for half in (k_fwd, k_rev):
-        fl = hankel_floor(half[idx], [order], max_dense=DENSE_HANKEL_BUDGET)
+        fl = hankel_floor(half[idx], [order])
         floors.append((fl.values[:, 0], fl.rigorous))
     nf2 = (k_fwd[idx] ** 2).sum(-1)  # (S,)
     nr2 = (k_rev[idx] ** 2).sum(-1)  # (S,)

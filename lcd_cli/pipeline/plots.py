@@ -34,7 +34,7 @@ from lcd_cli.kinds import kind_for
 from lcd_cli.layouts import LayerResult
 from lcd_cli.numerics.compressibility import TOLERANCES
 from lcd_cli.numerics.hankel import hankel_floor, hankel_svd
-from lcd_cli.numerics.metrics import DENSE_HANKEL_BUDGET, sample_channels
+from lcd_cli.numerics.metrics import sample_channels
 from lcd_cli.numerics.modal import from_pairs, modal_kernel
 from lcd_cli.pipeline.plan import DistillPlan
 
@@ -157,7 +157,7 @@ def plot_hankel(path: Path, name: str, kernels: dict[str, Tensor], channels: int
             ax_s.semilogy(range(1, s.numel() + 1), (s / s[0].clamp_min(1e-300)).clamp_min(1e-300),
                           lw=0.9, alpha=0.8)
         orders = list(range(1, top + 1))
-        floors = hankel_floor(sub, orders, max_dense=DENSE_HANKEL_BUDGET).values  # (S, top)
+        floors = hankel_floor(sub, orders).values  # (S, top)
         ax_f.semilogy(orders, floors.median(0).values.clamp_min(1e-300), label=f"{label} median")
         ax_f.semilogy(orders, floors.amax(0).clamp_min(1e-300), "--", label=f"{label} worst")
         svd = "exact" if exact else "randomized"
