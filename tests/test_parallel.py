@@ -113,8 +113,12 @@ def test_scoring_with_workers_matches_one_block(monkeypatch: pytest.MonkeyPatch,
     small = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
     monkeypatch.setattr(metrics, "_PARALLEL_SCORE_WORDS", 0)  # large enough for the workers
     two = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
-    assert counts == [1, 2]  # the small layer scored in process, then by the two workers
-    assert two == small
+    monkeypatch.setattr(metrics, "_PARALLEL_SCORE_WORDS", 1 << 62)
+    monkeypatch.setattr(metrics, "_PARALLEL_FLOOR_WORK", 0)  # a small layer, a costly floor
+    floor_heavy = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
+    # the small layer scored in process, then by the two workers, for its size, then its floor
+    assert counts == [1, 2, 2]
+    assert two == small == floor_heavy
     # The reference: one pass over all channels, the floor of all sampled channels at once.
     diff = h - modal_kernel(fit.poles, fit.residues, 300)  # (C, L)
     rel = diff.norm(dim=-1) / h.norm(dim=-1)

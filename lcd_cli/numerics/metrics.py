@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lcd_cli.numerics.hankel import fft_size
+from lcd_cli.numerics.hankel import fft_size, floor_work
 from lcd_cli.numerics.hankel import hankel_floor as floors_over_shapes
 from lcd_cli.numerics.modal import modal_kernel
 from lcd_cli.numerics.parallel import resolve_workers, run_jobs
@@ -31,9 +31,11 @@ _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (
 _FLOOR_GROUP = 8  # sampled channels per job of the Hankel floor
 # Layers of at least this many float64 samples are scored by the worker processes (16 M: e.g.
 # 2048 channels at L = 8192, 16 at L = 1M); the full-length passes of smaller ones take a few
-# seconds at most here. (The floor's dense SVDs do not scale with the layer: 64 channels took
-# 5-55 s at L = 1000-8192 and 4 s at L >= 16384 on one thread; docs/benchmarks.md, 6e.)
+# seconds at most here.
 _PARALLEL_SCORE_WORDS = 1 << 24
+# ... and so is the floor of any layer whose sampled channels take at least this much of its
+# work (`hankel.floor_work`, ~3 s on one core here: e.g. L >= 2000 at N = 16; L = 1000 is 1.3e10).
+_PARALLEL_FLOOR_WORK = 1 << 34
 
 
 def relative_l2(h: Tensor, h_hat: Tensor) -> Tensor:
@@ -58,7 +60,16 @@ def hankel_floor(h: Tensor, order: int, workers: int | None = None) -> tuple[flo
     """Median Eckart-Young floor at ``order`` over sampled channels; (floor, rigorous, channels).
     ``workers``: processes sharing the sampled channels (`_score_jobs`)."""
     jobs = _floor_jobs(h, order)
-    return _floor_summary(_score_jobs(jobs, workers, sum(job[1].numel() for job in jobs)))
+    words = sum(job[1].numel() for job in jobs)  # the sampled channels' samples
+    return _floor_summary(_score_jobs(jobs, workers, _heavy(h, order, words)))
+
+
+def _heavy(h: Tensor, order: int, words: int) -> bool:
+    """Whether scoring `words` float64 samples and the floor of h at ``order`` is worth the
+    workers: the layer is large (_PARALLEL_SCORE_WORDS) or its floor is (_PARALLEL_FLOOR_WORK)."""
+    sampled = min(h.shape[0], FLOOR_CHANNELS)
+    return (words >= _PARALLEL_SCORE_WORDS
+            or sampled * floor_work(h.shape[1], [order]) >= _PARALLEL_FLOOR_WORK)
 
 
 def _floor_jobs(h: Tensor, order: int) -> list[tuple[Any, ...]]:
@@ -93,14 +104,14 @@ def _score_job(what: str, h: Tensor | np.ndarray, *args: Any) -> Any:
             max_abs)
 
 
-def _score_jobs(jobs: list[tuple[Any, ...]], workers: int | None, words: int) -> list[Any]:
-    """`_score_job` over jobs, in worker processes when ``workers`` > 1 and the layer is large
-    (``words``, its float64 samples, at least _PARALLEL_SCORE_WORDS: below, the transfer and
-    a pool's start cost more than the scoring), else here. Every job's result depends on its
-    own channels only, so the report is the same for any worker count. Workers get the
-    tensors as CPU arrays (pickled by value: a block's data only, not its parent's)."""
+def _score_jobs(jobs: list[tuple[Any, ...]], workers: int | None, heavy: bool) -> list[Any]:
+    """`_score_job` over jobs, in worker processes when ``workers`` > 1 and the work is
+    ``heavy`` (`_heavy`: below, the transfer and a pool's start cost more than the scoring),
+    else here. Every job's result depends on its own channels only, so the report is the same
+    for any worker count. Workers get the tensors as CPU arrays (pickled by value: a block's
+    data only, not its parent's)."""
     on_cpu = all(a.device.type == "cpu" for job in jobs for a in job if isinstance(a, Tensor))
-    count = resolve_workers(workers) if words >= _PARALLEL_SCORE_WORDS and on_cpu else 1
+    count = resolve_workers(workers) if heavy and on_cpu else 1
     if count > 1:
         jobs = [tuple(a.cpu().numpy() if isinstance(a, Tensor) else a for a in job)
                 for job in jobs]
@@ -120,7 +131,7 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int,
     step = max(1, _SCORE_BUDGET // max(1, 2 * nfft))  # channels per block
     blocks = [slice(i, i + step) for i in range(0, c, step)]
     jobs = [("errors", h[b], poles[b], residues[b], nfft) for b in blocks]
-    out = _score_jobs(jobs + _floor_jobs(h, order), workers, h.numel())
+    out = _score_jobs(jobs + _floor_jobs(h, order), workers, _heavy(h, order, h.numel()))
     errors, floors = out[: len(blocks)], out[len(blocks) :]
     dnorm = torch.cat([e[0] for e in errors]).to(h.device)  # (C,) ||h - h_hat||
     hinf = torch.cat([e[1] for e in errors])  # (C,)
