@@ -94,3 +94,37 @@ def test_f32_recurrence_blocks_equal_the_step_loop(monkeypatch, block: int) -> N
         want[:, t] = (rc * x).real.sum(-1)
         x = pc * x
     assert torch.equal(h_rec, want.double())
+
+
+def test_f32_evaluation_on_workers_is_the_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of channels, here or on two workers, give the one-pass definition: the worse of
+    the two complex64 paths' relative errors, the norm floored over the whole layer."""
+    import lcd_cli.numerics.metrics as metrics
+
+    g = torch.Generator().manual_seed(5)
+    p = torch.polar(0.5 + 0.49 * torch.rand(9, 3, generator=g, dtype=torch.float64),
+                    math.pi * torch.rand(9, 3, generator=g, dtype=torch.float64))
+    r = torch.randn(9, 3, generator=g, dtype=torch.complex128)
+    pp, rp = to_pairs(p), to_pairs(r)
+    h = torch.tensor(naive_modal(from_pairs(pp).numpy(), from_pairs(rp).numpy(), 300))
+    h = h + 1e-4 * torch.randn(9, 300, generator=g, dtype=torch.float64)
+    h[4] *= 1e-14  # a near-zero channel: its norm is floored by the layer's largest
+    h_exp, h_rec = f32_kernels(pp, rp, 300)
+    ref = torch.maximum(metrics.relative_l2(h, h_exp), metrics.relative_l2(h, h_rec))  # (C,)
+    counts: list[int] = []
+    real_run = metrics.run_jobs
+
+    def spy(fn, jobs, workers):  # type: ignore[no-untyped-def]
+        counts.append(workers)
+        return real_run(fn, jobs, workers)
+
+    monkeypatch.setattr(metrics, "run_jobs", spy)
+    monkeypatch.setattr(metrics, "_F32_BLOCK", 4)  # blocks of 4, 4 and 1 channels
+    here = rel_l2_f32eval(h, pp, rp, workers=2)  # small: in process
+    monkeypatch.setattr(metrics, "_PARALLEL_F32_TERMS", 0)
+    two = rel_l2_f32eval(h, pp, rp, workers=2)
+    assert counts == [1, 2]
+    assert torch.equal(two, here)  # fixed blocks: the same bits for any worker count
+    # complex64's vectorized exp rounds by an element's place in the batch, so a block's kernels
+    # may differ from the one pass's in their last float32 bits, no more
+    torch.testing.assert_close(here, ref, rtol=1e-5, atol=0)

@@ -121,7 +121,8 @@ class CausalKind(LayerKind):
         stats = kernel_errors(h, from_pairs(poles), from_pairs(residues), order=fit.order,
                               workers=settings.workers)
         window = min(h.shape[1], F32_EVAL_WINDOW)
-        f32 = rel_l2_f32eval(h[:, :window], poles, residues)  # (C,) as complex64 engines see it
+        f32 = rel_l2_f32eval(h[:, :window], poles, residues,  # (C,) as complex64 engines see it
+                             settings.workers)
         stats["rel_l2_f32eval"] = {"median": float(f32.quantile(0.5)), "max": float(f32.max()),
                                    "window": window}
         clock.lap("score")

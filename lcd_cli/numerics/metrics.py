@@ -36,6 +36,12 @@ _PARALLEL_SCORE_WORDS = 1 << 24
 # ... and so is the floor of any layer whose sampled channels take at least this much of its
 # work (`hankel.floor_work`, ~3 s on one core here: e.g. L >= 2000 at N = 16; L = 1000 is 1.3e10).
 _PARALLEL_FLOOR_WORK = 1 << 34
+# ... and so is the complex64 evaluation of the stored parameters where it computes at least
+# this many (channel, step, mode) terms (~1.1e-7 s each here: 3.7 s for 256 channels x 8192
+# steps x 16 modes; a 4096-channel layer at L = 8192 would take a minute on one core), in jobs
+# of _F32_BLOCK channels.
+_PARALLEL_F32_TERMS = 1 << 25
+_F32_BLOCK = 64
 
 
 def relative_l2(h: Tensor, h_hat: Tensor) -> Tensor:
@@ -89,8 +95,15 @@ def _score_job(what: str, h: Tensor | np.ndarray, *args: Any) -> Any:
     """One job of `kernel_errors` on a block of channels (module level: workers import it).
 
     ("errors", h, poles, residues, nfft) -> (||h - h_hat|| (Cb,), H-infinity ratio (Cb,),
-    max |h - h_hat|); ("floor", h, order) -> (floor per channel (Cb,), rigorous)."""
+    max |h - h_hat|); ("floor", h, order) -> (floor per channel (Cb,), rigorous);
+    ("f32eval", h, poles_pairs, residues_pairs) -> the worse ||h - h_hat|| of the two complex64
+    paths of `f32_kernels` (Cb,)."""
     h = torch.as_tensor(h)  # (Cb, L): a tensor here, an array in a worker
+    if what == "f32eval":
+        h_exp, h_rec = f32_kernels(torch.as_tensor(args[0]), torch.as_tensor(args[1]), h.shape[1])
+        h64 = h.to(torch.float64)  # (Cb, L)
+        return torch.maximum(torch.linalg.vector_norm(h64 - h_exp, dim=-1),
+                             torch.linalg.vector_norm(h64 - h_rec, dim=-1)).cpu()  # (Cb,)
     if what == "floor":
         (order,) = args
         floor = floors_over_shapes(h, [order])
@@ -210,12 +223,19 @@ def f32_kernels(poles_pairs: Tensor, residues_pairs: Tensor, length: int) -> tup
     return h_exp.double(), h_rec.double()
 
 
-def rel_l2_f32eval(h: Tensor, poles_pairs: Tensor, residues_pairs: Tensor) -> Tensor:
+def rel_l2_f32eval(h: Tensor, poles_pairs: Tensor, residues_pairs: Tensor,
+                   workers: int | None = None) -> Tensor:
     """(C,) relative l2 error against h (C, L) of the stored float32 parameters evaluated in
     complex64 (:func:`f32_kernels`), the worse of the exp(t log p) and recurrence paths.
 
     Scoring in float64 hides fits whose modes cancel only in float64 (a near-real pole with
-    a huge imaginary residue); an engine running complex64 sees this error instead."""
-    h_exp, h_rec = f32_kernels(poles_pairs, residues_pairs, h.shape[-1])  # (C, L)
-    h64 = h.to(torch.float64)  # (C, L)
-    return torch.maximum(relative_l2(h64, h_exp), relative_l2(h64, h_rec))  # (C,)
+    a huge imaginary residue); an engine running complex64 sees this error instead. Channels go
+    in jobs of _F32_BLOCK, shared by ``workers`` processes where the evaluation is large
+    (_PARALLEL_F32_TERMS); every value is per channel, so the result is the same for any
+    worker count."""
+    step = _F32_BLOCK
+    jobs = [("f32eval", h[i : i + step], poles_pairs[i : i + step], residues_pairs[i : i + step])
+            for i in range(0, h.shape[0], step)]
+    heavy = h.numel() * poles_pairs.shape[1] >= _PARALLEL_F32_TERMS
+    err = torch.cat(_score_jobs(jobs, workers, heavy)) if jobs else h.new_zeros(0)  # (C,)
+    return _relative(err.to(device=h.device, dtype=torch.float64), h.to(torch.float64))  # (C,)
