@@ -35,6 +35,23 @@ def write_ckpt(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture
+def scoring_worker_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The worker count of every `run_jobs` call of lcd_cli.numerics.metrics, in order (a spy
+    that still runs the jobs)."""
+    import lcd_cli.numerics.metrics as metrics
+
+    counts: list[int] = []
+    real_run = metrics.run_jobs
+
+    def spy(fn, jobs, workers):  # type: ignore[no-untyped-def]
+        counts.append(workers)
+        return real_run(fn, jobs, workers)
+
+    monkeypatch.setattr(metrics, "run_jobs", spy)
+    return counts
+
+
 def lcd(*args: object) -> object:
     """Run the CLI in-process; a traceback in the output is always a test failure."""
     result = CliRunner().invoke(app, [str(a) for a in args])

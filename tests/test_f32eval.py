@@ -96,7 +96,8 @@ def test_f32_recurrence_blocks_equal_the_step_loop(monkeypatch, block: int) -> N
     assert torch.equal(h_rec, want.double())
 
 
-def test_f32_evaluation_on_workers_is_the_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_f32_evaluation_on_workers_is_the_one_pass(monkeypatch: pytest.MonkeyPatch,
+                                                    scoring_worker_counts: list[int]) -> None:
     """Blocks of channels, here or on two workers, give the one-pass definition: the worse of
     the two complex64 paths' relative errors, the norm floored over the whole layer."""
     import lcd_cli.numerics.metrics as metrics
@@ -111,14 +112,7 @@ def test_f32_evaluation_on_workers_is_the_one_pass(monkeypatch: pytest.MonkeyPat
     h[4] *= 1e-14  # a near-zero channel: its norm is floored by the layer's largest
     h_exp, h_rec = f32_kernels(pp, rp, 300)
     ref = torch.maximum(metrics.relative_l2(h, h_exp), metrics.relative_l2(h, h_rec))  # (C,)
-    counts: list[int] = []
-    real_run = metrics.run_jobs
-
-    def spy(fn, jobs, workers):  # type: ignore[no-untyped-def]
-        counts.append(workers)
-        return real_run(fn, jobs, workers)
-
-    monkeypatch.setattr(metrics, "run_jobs", spy)
+    counts = scoring_worker_counts
     monkeypatch.setattr(metrics, "_F32_BLOCK", 4)  # blocks of 4, 4 and 1 channels
     here = rel_l2_f32eval(h, pp, rp, workers=2)  # small: in process
     monkeypatch.setattr(metrics, "_PARALLEL_F32_TERMS", 0)

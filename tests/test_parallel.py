@@ -92,7 +92,8 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_declined(monkeypatch) -> 
 
 
 def test_scoring_with_workers_matches_one_block(monkeypatch: pytest.MonkeyPatch,
-                                                one_thread: object) -> None:
+                                                one_thread: object,
+                                                scoring_worker_counts: list[int]) -> None:
     """kernel_errors split into channel blocks and floor groups, run by two workers, reports
     exactly what one in-process pass over the whole layer gives."""
     import lcd_cli.numerics.metrics as metrics
@@ -102,14 +103,7 @@ def test_scoring_with_workers_matches_one_block(monkeypatch: pytest.MonkeyPatch,
     h = _kernels(21, 300, seed=3)  # 21 channels: floor groups of 8, 8, 5
     fit = fit_modal(h, 3)
     monkeypatch.setattr(metrics, "_SCORE_BUDGET", 2 * fft_size(600) * 4)  # blocks of 4 channels
-    counts: list[int] = []
-    real_run = metrics.run_jobs
-
-    def spy(fn, jobs, workers):  # type: ignore[no-untyped-def]
-        counts.append(workers)
-        return real_run(fn, jobs, workers)
-
-    monkeypatch.setattr(metrics, "run_jobs", spy)
+    counts = scoring_worker_counts
     small = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
     monkeypatch.setattr(metrics, "_PARALLEL_SCORE_WORDS", 0)  # large enough for the workers
     two = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
