@@ -33,8 +33,10 @@ from pathlib import Path
 # must be set before torch is imported (as a script only: imported, it would leak into the
 # importer's child processes).
 CAPABILITY = "AVX2"
+ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":
     os.environ.setdefault("ATEN_CPU_CAPABILITY", CAPABILITY.lower())
+    sys.path.insert(0, str(ROOT))  # this checkout's lcd_cli, whatever else is installed
 
 import torch  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -43,7 +45,7 @@ from lcd_cli.cli import app  # noqa: E402
 from lcd_cli.examples import make_example, write_example  # noqa: E402
 from lcd_cli.io.checkpoint import open_checkpoint  # noqa: E402
 
-GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_outputs.json"
+GOLDEN = ROOT / "tests" / "data" / "golden_outputs.json"
 # (example, example sizes, distill arguments, shards): every layer kind and materializer, a
 # --tol run and a sharded input, at sizes that keep the whole set to well under a minute.
 Case = tuple[str, dict[str, int], tuple[str, ...], int]
