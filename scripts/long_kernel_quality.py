@@ -8,7 +8,8 @@ Builds the bundled HyenaDNA layout (`lcd example hyenadna` with d_model = 256, o
 given l_max), materializes evenly spaced channels exactly as `lcd distill` does, fits each order
 with `fit_modal` (float32 parameters, as stored) and prints per order: seconds per channel,
 median / max rel_l2, the rigorous Hankel floor (median; dense SVD of the shortest shape) and
-the energy share past the refinement window. --float64 adds the float64-parameter fit (is storage the limit?).
+the energy share past the refinement window. --float64 adds the float64-parameter fit (is
+storage the limit?).
 """
 
 from __future__ import annotations
