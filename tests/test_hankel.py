@@ -186,7 +186,7 @@ def test_long_kernel_floor_is_rigorous_from_the_gram_route() -> None:
     h = _modal(3, 10, 1000, seed=12, noise=1e-3)
     orders = [2, 4, 8]
     dense = hankel_floor(h, orders, exact_max_rows=300, dense_cost=1 << 40)  # m = 17 .. 272
-    gram = hankel_floor(h, orders, exact_max_rows=300, dense_cost=0)
+    gram = hankel_floor(h, orders, exact_max_rows=300, dense_cost=0, prefix_cost=0)
     assert dense.rigorous and gram.rigorous
     assert torch.allclose(gram.values, dense.values, rtol=1e-6, atol=1e-9)
     fit = fit_modal(h, 4)
@@ -218,12 +218,39 @@ def test_gram_floor_never_exceeds_the_dense_one(length: int) -> None:
     orders = [2, 4, 8]
     for name, h in _floor_battery(length).items():
         dense = hankel_floor(h, orders, exact_max_rows=66, dense_cost=1 << 40).values
-        gram = hankel_floor(h, orders, exact_max_rows=66, dense_cost=0).values
+        gram = hankel_floor(h, orders, exact_max_rows=66, dense_cost=0, prefix_cost=0).values
         assert bool((gram <= dense * (1 + 1e-9)).all()), name
         resolved = dense > 1e-3
         assert torch.allclose(gram[resolved], dense[resolved], rtol=1e-3, atol=0), name
     exact = _floor_battery(length)["exact rank 8"]
-    assert float(hankel_floor(exact, [4], dense_cost=0).values.max()) <= 1e-14
+    assert float(hankel_floor(exact, [4], dense_cost=0, prefix_cost=0).values.max()) <= 1e-14
+
+
+def test_prefix_floor_resolves_what_the_gram_route_cannot() -> None:
+    """An order-4 modal kernel plus noise 1e-7 of its norm: a floor below the Gram route's
+    resolution, which gives 0 for it. The prefix shapes' dense SVDs resolve it: a positive
+    floor, at most the dense floor of the same rows over the whole kernel (a prefix's Hankel
+    matrix is a column block of the whole one), and at most the error of the known order-4
+    approximant (the modal part)."""
+    length = 20000
+    clean = _modal(3, 4, length, seed=31)  # (C, L), real rank 8
+    gen = torch.Generator().manual_seed(32)
+    noise = torch.randn(3, length, generator=gen, dtype=torch.float64)  # (C, L)
+    noise *= 1e-7 * torch.linalg.vector_norm(clean, dim=-1, keepdim=True) / math.sqrt(length)
+    h = clean + noise
+    known = (torch.linalg.vector_norm(noise, dim=-1) / torch.linalg.vector_norm(h, dim=-1))
+    shapes = {"exact_max_rows": 66, "dense_cost": 0}  # rows 9, 18, 36: the Gram route only
+    cost = 81 * 4000  # prefixes of 4008, 1017 and 285 samples
+    assert hankel_mod.floor_shapes(length, [4], **shapes, prefix_cost=cost)[2] == [
+        (9, 4008), (18, 1017), (36, 285)]
+    gram = hankel_floor(h, [4], **shapes, prefix_cost=0).values[:, 0]  # (C,)
+    prefix = hankel_floor(h, [4], **shapes, prefix_cost=cost)
+    whole = hankel_floor(h, [4], exact_max_rows=66, dense_cost=1 << 40).values[:, 0]  # (C,)
+    assert prefix.rigorous
+    assert float(gram.max()) == 0.0
+    assert bool((prefix.values[:, 0] > 0.1 * whole).all())
+    assert bool((prefix.values[:, 0] <= whole * (1 + 1e-9)).all())
+    assert bool((whole <= known).all())
 
 
 def test_zero_channel_floor_is_zero() -> None:

@@ -52,6 +52,13 @@ _GRAM_ROUNDING = 4.0
 # admits every shape up to L = 2048 (the square m = ceil(L/2) included), m <= 264 at
 # L = 8192, m <= 66 at L = 65536 and none at L = 1M.
 DENSE_COST = 1 << 30
+# The dense cost m^2 n' of each prefix shape: the m-row Hankel matrix of h[:w] for a row count m
+# whose full-length matrix is too large for a dense SVD (0.05-0.07 s per channel here). Exact to
+# rounding where the Gram route's resolution (about 2e-7 relative at L = 1M) hides the floor:
+# the 32 HyenaDNA-1m-like channels of docs/math.md get a median floor of 3.2e-8 from prefixes
+# of 2188-123280 samples at N = 16, where the Gram route gives 0 (a dense SVD of the whole
+# 65-row shape, 30x the cost: 6.5e-8).
+PREFIX_COST = 1 << 27
 _QR_FIRST = 2  # values-only dense SVDs of shapes this elongated or more go through a QR
 
 
@@ -459,9 +466,13 @@ def gram_spectrum(h: Tensor, rows: int, autocorr: Tensor | None = None) -> Hanke
 
 
 def floor_shapes(length: int, orders: Sequence[int], exact_max_rows: int = 1024,
-                 dense_cost: int = DENSE_COST) -> tuple[list[int], list[int]]:
-    """Row counts m of the shapes `hankel_floor` takes exactly, (dense SVD, Gram route): the
-    grid 2 Nmax + 1, doubling, up to ceil(L/2), those with m <= exact_max_rows."""
+                 dense_cost: int = DENSE_COST, prefix_cost: int = PREFIX_COST
+                 ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """The shapes `hankel_floor` takes exactly: (dense rows m, Gram-route rows m, prefix shapes
+    (m, w)). Row counts are the grid 2 Nmax + 1, doubling, up to ceil(L/2), those with
+    m <= exact_max_rows; a dense SVD where m^2 n <= dense_cost, else the Gram route. Each
+    Gram-route m also gets the prefix h[:w] with m^2 (w - m + 1) <= prefix_cost, where that is
+    a short-and-wide shape (w >= 2m - 1) shorter than L."""
     m_full, _ = hankel_shape(length)
     grid: list[int] = []
     m = min(2 * max(orders) + 1, m_full)
@@ -471,16 +482,19 @@ def floor_shapes(length: int, orders: Sequence[int], exact_max_rows: int = 1024,
     grid.append(m_full)
     shapes = [m for m in grid if m <= exact_max_rows]
     dense = [m for m in shapes if m * m * (length - m + 1) <= dense_cost]
-    return dense, [m for m in shapes if m not in dense]
+    gram = [m for m in shapes if m not in dense]
+    prefix = [(m, prefix_cost // (m * m) + m - 1) for m in gram]
+    return dense, gram, [(m, w) for m, w in prefix if 2 * m - 1 <= w < length]
 
 
 def floor_work(length: int, orders: Sequence[int]) -> int:
-    """Rough floating-point work of one channel's `hankel_floor`: m^2 n per dense shape (its
-    QR or SVD), m^3 per Gram shape (the eigenproblem) and, with any, the autocorrelation's FFTs
-    (10 nfft log2 nfft). About 6e9 a second on one core here (64 channels: 1.0e11 and 17 s at
-    L = 2000, 3.8e10 and ~10 s at L = 1M)."""
-    dense, gram = floor_shapes(length, orders)
+    """Rough floating-point work of one channel's `hankel_floor`: m^2 n per dense or prefix
+    shape (its QR or SVD), m^3 per Gram shape (the eigenproblem) and, with any, the
+    autocorrelation's FFTs (10 nfft log2 nfft). About 6e9 a second on one core here (64
+    channels: 1.0e11 and 17 s at L = 2000, 3.8e10 and ~10 s at L = 1M)."""
+    dense, gram, prefix = floor_shapes(length, orders)
     work = sum(m * m * (length - m + 1) for m in dense) + sum(m**3 for m in gram)
+    work += sum(m * m * (w - m + 1) for m, w in prefix)
     if gram:
         nfft = fft_size(2 * length - 1)
         work += 10 * nfft * math.ceil(math.log2(nfft))
@@ -494,6 +508,7 @@ def hankel_floor(
     exact_max_rows: int = 1024,
     seed: int = 0,
     dense_cost: int = DENSE_COST,
+    prefix_cost: int = PREFIX_COST,
 ) -> EckartYoungFloor:
     """Tightest Eckart-Young floor over several Hankel shapes (the max of valid bounds).
 
@@ -505,9 +520,14 @@ def hankel_floor(
     spectrum where m <= exact_max_rows: a dense SVD where its cost m^2 n is at most
     ``dense_cost`` (exact to rounding), else the m x m Gram matrix (:func:`gram_spectrum`,
     O(L log L + m^3) per channel, any L), whose tails are lowered by their rounding bound
-    (floors below that resolution are 0). Both are rigorous. Only if no shape has
-    m <= exact_max_rows (2 Nmax + 1 > exact_max_rows) is the square matrix's randomized
-    estimate returned (rigorous=False).
+    (floors below that resolution are 0). Each Gram-route m also gets the dense SVD of a
+    prefix, the m-row Hankel matrix of h[:w] (cost m^2 (w - m + 1) <= ``prefix_cost``;
+    `floor_shapes`): h_N[:w] is modal too, so its Hankel matrix has rank <= 2N and
+    ||h - h_N|| >= ||(h - h_N)[:w]|| >= sqrt(tail_r(H_m(h[:w])) / min(m, w - m + 1)), divided
+    by the whole ||h||. That bound sees only the prefix's energy, but exactly, where the Gram
+    route's resolution hides the floors of long kernels. All three are rigorous. Only if no
+    shape has m <= exact_max_rows (2 Nmax + 1 > exact_max_rows) is the square matrix's
+    randomized estimate returned (rigorous=False).
 
     Args:
         h: (C, L) kernels; orders: the orders N.
@@ -518,10 +538,11 @@ def hankel_floor(
     length = h.shape[-1]
     k = 2 * max(orders)
     norm2 = (h * h).sum(-1)  # (C,)
-    dense, gram = floor_shapes(length, orders, exact_max_rows, dense_cost)
+    dense, gram, prefix = floor_shapes(length, orders, exact_max_rows, dense_cost, prefix_cost)
     best: Tensor | None = None
-    for m in dense:
-        spec = hankel_singular_values(h, k, exact_max_rows=exact_max_rows, seed=seed, rows=m)
+    for m, w in [(m, length) for m in dense] + prefix:
+        spec = hankel_singular_values(h[:, :w], k, exact_max_rows=exact_max_rows, seed=seed,
+                                      rows=m)
         vals = eckart_young_floor(spec, norm2, orders).values  # (C, len(orders))
         best = vals if best is None else torch.maximum(best, vals)
     if gram:  # the larger shapes of long kernels: exact spectra from their Gram matrices
