@@ -123,3 +123,29 @@ def test_scoring_with_workers_matches_one_block(monkeypatch: pytest.MonkeyPatch,
     assert two["max_abs"] == float(diff.abs().max())
     assert two["floor"] == float(floor.quantile(0.5))
     assert two["floor_channels"] == 21 and two["floor_exact"]
+
+
+def test_two_sided_scoring_on_workers_matches_the_halves_floors(
+        monkeypatch: pytest.MonkeyPatch, one_thread: object,
+        scoring_worker_counts: list[int]) -> None:
+    """The two-sided report scores each half once (its floor included) and with the workers
+    where heavy: the same report as in process, and its floor is the combination of the
+    halves' floors computed on their own (sampled channels: 64 of 80 here)."""
+    import lcd_cli.numerics.metrics as metrics
+    from lcd_cli.numerics.hankel import hankel_floor
+    from lcd_cli.numerics.two_sided import two_sided_errors
+
+    k_fwd, k_rev = _kernels(80, 200, seed=4), _kernels(80, 200, seed=5)  # (C, L) each
+    fits = [fit_modal(k, 2) for k in (k_fwd, k_rev)]
+    halves = [(f.poles, f.residues) for f in fits]
+    here = two_sided_errors(k_fwd, k_rev, *halves, order=2, workers=2)
+    monkeypatch.setattr(metrics, "_PARALLEL_SCORE_WORDS", 0)
+    two = two_sided_errors(k_fwd, k_rev, *halves, order=2, workers=2)
+    assert scoring_worker_counts == [1, 1, 2, 2]  # one scoring per half, then on the workers
+    assert two == here
+    idx = metrics.sample_channels(80, metrics.FLOOR_CHANNELS)  # (S,)
+    ff, fr = (hankel_floor(k[idx], [2]).values[:, 0] for k in (k_fwd, k_rev))  # (S,) each
+    nf2, nr2 = (k_fwd[idx] ** 2).sum(-1), (k_rev[idx] ** 2).sum(-1)  # (S,) each
+    ref = torch.sqrt((ff**2 * nf2 + fr**2 * nr2) / (nf2 + nr2))  # (S,)
+    assert two["floor"] == pytest.approx(float(ref.quantile(0.5)), rel=1e-12)
+    assert two["floor_channels"] == 64 and two["floor_exact"]

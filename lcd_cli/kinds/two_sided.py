@@ -73,7 +73,8 @@ class TwoSidedKind(LayerKind):
         pairs = [_pad_pairs(p, r, order) for p, r in pairs]
         stats = two_sided_errors(k_fwd, k_rev,
                                  (from_pairs(pairs[0][0]), from_pairs(pairs[0][1])),
-                                 (from_pairs(pairs[1][0]), from_pairs(pairs[1][1])), order=order)
+                                 (from_pairs(pairs[1][0]), from_pairs(pairs[1][1])), order=order,
+                                 workers=settings.workers)
         f32 = two_sided_f32eval(k_fwd, k_rev, pairs[0], pairs[1], F32_EVAL_WINDOW)
         for half in ("fwd", "rev"):  # as complex64 engines see each half
             stats["halves"][half]["rel_l2_f32eval"] = f32["halves"][half] | {

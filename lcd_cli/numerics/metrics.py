@@ -139,6 +139,13 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int,
     16.6 GB in one piece), the blocks and the floor's sampled channels shared by ``workers``
     processes (`_score_jobs`); the spectra use the next fast FFT size >= 2L (a 5-smooth n; 2L
     itself can be a large prime factor's slow transform: 4.8 s for 32 channels at L = 1M)."""
+    return kernel_errors_and_floors(h, poles, residues, order=order, workers=workers)[0]
+
+
+def kernel_errors_and_floors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int,
+                             workers: int | None = None) -> tuple[dict[str, Any], Tensor]:
+    """`kernel_errors`, and the floor of each sampled channel (S,), in the order of
+    `sample_channels` (C, FLOOR_CHANNELS): for reports that combine floors (the two-sided kind)."""
     c, length = h.shape
     nfft = fft_size(2 * length)
     step = max(1, _SCORE_BUDGET // max(1, 2 * nfft))  # channels per block
@@ -151,7 +158,7 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int,
     max_abs = max(e[2] for e in errors)
     rel = _relative(dnorm, h)  # (C,)
     floor, exact, sampled = _floor_summary(floors)
-    return {
+    stats = {
         "rel_l2": {"median": float(rel.quantile(0.5)), "mean": float(rel.mean()),
                    "max": float(rel.max())},
         "max_abs": max_abs,
@@ -162,6 +169,7 @@ def kernel_errors(h: Tensor, poles: Tensor, residues: Tensor, *, order: int,
         "max_pole_abs": float(poles.abs().max()),
         "rel_l2_channels": rel.tolist(),  # (C,) per channel, appended last
     }
+    return stats, torch.cat([v for v, _ in floors])
 
 
 # ---- float32-faithful scoring: the stored parameters as an engine evaluates them --------------

@@ -51,10 +51,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lcd_cli.errors import LcdError
-from lcd_cli.numerics.hankel import fft_size, hankel_floor
+from lcd_cli.numerics.hankel import fft_size
 from lcd_cli.numerics.metrics import (
+    FLOOR_CHANNELS,
     f32_kernels,
-    kernel_errors,
+    kernel_errors_and_floors,
     relative_l2,
     sample_channels,
 )
@@ -172,17 +173,20 @@ def _reverse_shift(u: Tensor) -> Tensor:
 
 
 def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
-                     rev: tuple[Tensor, Tensor], *, order: int) -> dict[str, Any]:
+                     rev: tuple[Tensor, Tensor], *, order: int,
+                     workers: int | None = None) -> dict[str, Any]:
     """Error statistics of both halves and of the full two-sided kernel.
 
     fwd / rev: (poles, residues) (C, N) complex. Top-level numbers are of the two-sided kernel
     h = [k_fwd; k_rev] (relative l2 per channel over all 2L lags); ``floor`` is a lower bound
     on it: per sampled channel sqrt(f_f^2 ||k_fwd||^2 + f_r^2 ||k_rev||^2) / ||h|| from the
-    halves' Eckart-Young floors (the halves are fitted with independent modes), median.
+    halves' Eckart-Young floors (the halves are fitted with independent modes), median. Each
+    half is scored once (`kernel_errors_and_floors`, by ``workers`` processes where heavy).
     """
     length = k_fwd.shape[1]
-    halves = {"fwd": kernel_errors(k_fwd, *fwd, order=order),
-              "rev": kernel_errors(k_rev, *rev, order=order)}
+    scored = {"fwd": kernel_errors_and_floors(k_fwd, *fwd, order=order, workers=workers),
+              "rev": kernel_errors_and_floors(k_rev, *rev, order=order, workers=workers)}
+    halves = {name: stats for name, (stats, _) in scored.items()}
     h = torch.cat([k_fwd, k_rev], dim=1)  # (C, 2L)
     h_hat = torch.cat([modal_kernel(*fwd, length), modal_kernel(*rev, length)], dim=1)  # (C, 2L)
     rel = relative_l2(h, h_hat)  # (C,)
@@ -191,11 +195,8 @@ def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
     e = h - h_hat  # (C, 2L)
     err = torch.fft.rfft(two_sided_kernel(e[:, :length], e[:, length:], n), n=n).abs()  # (C,L+1)
     hinf = err.amax(-1) / spec.amax(-1).clamp_min(1e-300)  # (C,)
-    idx = sample_channels(h.shape[0], 64)
-    floors = []
-    for half in (k_fwd, k_rev):
-        fl = hankel_floor(half[idx], [order])
-        floors.append((fl.values[:, 0], fl.rigorous))
+    idx = sample_channels(h.shape[0], FLOOR_CHANNELS)  # the halves' sampled channels
+    floors = [(scored[name][1], halves[name]["floor_exact"]) for name in ("fwd", "rev")]  # (S,)
     nf2 = (k_fwd[idx] ** 2).sum(-1)  # (S,)
     nr2 = (k_rev[idx] ** 2).sum(-1)  # (S,)
     comb = torch.sqrt((floors[0][0] ** 2 * nf2 + floors[1][0] ** 2 * nr2)
