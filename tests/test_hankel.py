@@ -253,6 +253,15 @@ def test_prefix_floor_resolves_what_the_gram_route_cannot() -> None:
     assert bool((whole <= known).all())
 
 
+def test_lowest_order_floor_is_the_one_it_gets_alone() -> None:
+    """Floors for many orders at once (`lcd inspect` asks for 1-128) start the shape grid at
+    the lowest order's 2N + 1 rows, so that order's floor is as tight as asked alone (from the
+    highest order's 2 Nmax + 1 rows, the 3-row shape that bounds N = 1 is left out)."""
+    h = _modal(3, 6, 2000, seed=41, noise=1e-3)
+    many = hankel_floor(h, list(range(1, 17))).values  # (C, 16)
+    assert torch.equal(many[:, 0], hankel_floor(h, [1]).values[:, 0])
+
+
 def test_zero_channel_floor_is_zero() -> None:
     h = torch.zeros(2, 50, dtype=torch.float64)
     h[1] = _modal(1, 2, 50, seed=10)[0]

@@ -469,13 +469,13 @@ def floor_shapes(length: int, orders: Sequence[int], exact_max_rows: int = 1024,
                  dense_cost: int = DENSE_COST, prefix_cost: int = PREFIX_COST
                  ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """The shapes `hankel_floor` takes exactly: (dense rows m, Gram-route rows m, prefix shapes
-    (m, w)). Row counts are the grid 2 Nmax + 1, doubling, up to ceil(L/2), those with
+    (m, w)). Row counts are the grid 2 Nmin + 1, doubling, up to ceil(L/2), those with
     m <= exact_max_rows; a dense SVD where m^2 n <= dense_cost, else the Gram route. Each
     Gram-route m also gets the prefix h[:w] with m^2 (w - m + 1) <= prefix_cost, where that is
     a short-and-wide shape (w >= 2m - 1) shorter than L."""
     m_full, _ = hankel_shape(length)
     grid: list[int] = []
-    m = min(2 * max(orders) + 1, m_full)
+    m = min(2 * min(orders) + 1, m_full)  # the shortest shape that bounds the lowest order
     while m < m_full:
         grid.append(m)
         m *= 2
@@ -516,7 +516,8 @@ def hankel_floor(
     (m = ceil(L/2)) weights h[t] by mult(t) = min(t + 1, m, L - t), far below m for the
     early samples where decaying kernels keep their energy, so its bound is loose there; a
     short-and-wide Hankel (m a few times 2N) has mult(t) = m for most t and is often much
-    tighter. Row counts 2 Nmax + 1, doubling, up to ceil(L/2) are tried, each with an exact
+    tighter. Row counts 2 Nmin + 1, doubling, up to ceil(L/2) are tried (Nmin the lowest
+    order asked: its floor is the one a call for it alone gets), each with an exact
     spectrum where m <= exact_max_rows: a dense SVD where its cost m^2 n is at most
     ``dense_cost`` (exact to rounding), else the m x m Gram matrix (:func:`gram_spectrum`,
     O(L log L + m^3) per channel, any L), whose tails are lowered by their rounding bound
@@ -526,7 +527,7 @@ def hankel_floor(
     ||h - h_N|| >= ||(h - h_N)[:w]|| >= sqrt(tail_r(H_m(h[:w])) / min(m, w - m + 1)), divided
     by the whole ||h||. That bound sees only the prefix's energy, but exactly, where the Gram
     route's resolution hides the floors of long kernels. All three are rigorous. Only if no
-    shape has m <= exact_max_rows (2 Nmax + 1 > exact_max_rows) is the square matrix's
+    shape has m <= exact_max_rows (2 Nmin + 1 > exact_max_rows) is the square matrix's
     randomized estimate returned (rigorous=False).
 
     Args:
