@@ -53,7 +53,7 @@ _GRAM_ROUNDING = 4.0
 # L = 8192, m <= 66 at L = 65536 and none at L = 1M.
 DENSE_COST = 1 << 30
 # The dense cost m^2 n' of each prefix shape: the m-row Hankel matrix of h[:w] for a row count m
-# whose full-length matrix is too large for a dense SVD (0.05-0.07 s per channel here). Exact to
+# whose full-length matrix is too large for a dense SVD (0.02-0.07 s per channel here). Exact to
 # rounding where the Gram route's resolution (about 2e-7 relative at L = 1M) hides the floor:
 # the 32 HyenaDNA-1m-like channels of docs/math.md get a median floor of 3.2e-8 from prefixes
 # of 2188-123280 samples at N = 16, where the Gram route gives 0 (a dense SVD of the whole
