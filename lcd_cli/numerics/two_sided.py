@@ -196,7 +196,8 @@ def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
     err = torch.fft.rfft(two_sided_kernel(e[:, :length], e[:, length:], n), n=n).abs()  # (C,L+1)
     hinf = err.amax(-1) / spec.amax(-1).clamp_min(1e-300)  # (C,)
     idx = sample_channels(h.shape[0], FLOOR_CHANNELS)  # the halves' sampled channels
-    floors = [(scored[name][1], halves[name]["floor_exact"]) for name in ("fwd", "rev")]  # (S,)
+    floors = [(scored[name][1].to(h.device), halves[name]["floor_exact"])
+              for name in ("fwd", "rev")]  # (S,) each, from the scoring jobs (CPU)
     nf2 = (k_fwd[idx] ** 2).sum(-1)  # (S,)
     nr2 = (k_rev[idx] ** 2).sum(-1)  # (S,)
     comb = torch.sqrt((floors[0][0] ** 2 * nf2 + floors[1][0] ** 2 * nr2)
