@@ -123,3 +123,41 @@ def test_f32_evaluation_on_workers_is_the_one_pass(monkeypatch: pytest.MonkeyPat
     # batch (seen: the 4-channel block's h_rec differs from the 9-channel pass's in its last
     # float32 bits), so the errors may differ that little, no more
     torch.testing.assert_close(here, ref, rtol=1e-5, atol=0)
+
+
+def test_two_sided_f32_evaluation_on_workers_is_the_one_pass(
+        monkeypatch: pytest.MonkeyPatch, scoring_worker_counts: list[int]) -> None:
+    """The two-sided report's complex64 evaluation, here or on two workers, gives the one-pass
+    definition: per half the worse path's relative error, and for the whole kernel the worse
+    path's error over both halves' lags."""
+    import lcd_cli.numerics.metrics as metrics
+    from lcd_cli.numerics.two_sided import two_sided_f32eval
+
+    g = torch.Generator().manual_seed(6)
+    halves = []
+    for _ in range(2):
+        p = torch.polar(0.5 + 0.49 * torch.rand(7, 3, generator=g, dtype=torch.float64),
+                        math.pi * torch.rand(7, 3, generator=g, dtype=torch.float64))
+        r = torch.randn(7, 3, generator=g, dtype=torch.complex128)
+        pp, rp = to_pairs(p), to_pairs(r)
+        h = torch.tensor(naive_modal(from_pairs(pp).numpy(), from_pairs(rp).numpy(), 200))
+        halves.append((h + 1e-4 * torch.randn(7, 200, generator=g, dtype=torch.float64), pp, rp))
+    (kf, ppf, rpf), (kr, ppr, rpr) = halves
+    monkeypatch.setattr(metrics, "_F32_BLOCK", 3)  # blocks of 3, 3 and 1 channels
+    here = two_sided_f32eval(kf, kr, (ppf, rpf), (ppr, rpr), 150, workers=2)
+    monkeypatch.setattr(metrics, "_PARALLEL_F32_TERMS", 0)
+    two = two_sided_f32eval(kf, kr, (ppf, rpf), (ppr, rpr), 150, workers=2)
+    assert scoring_worker_counts == [1, 1, 2, 2]
+    assert two == here and two["window"] == 150
+    # the one-pass reference over all channels (rounding by batch place: see the causal test)
+    ef, er = f32_kernels(ppf, rpf, 150), f32_kernels(ppr, rpr, 150)  # (C, W) exp, rec each
+    ref_f, ref_r = kf[:, :150], kr[:, :150]
+    whole = torch.cat([ref_f, ref_r], dim=1)  # (C, 2W)
+    top = torch.maximum(*(metrics.relative_l2(whole, torch.cat([ef[i], er[i]], dim=1))
+                          for i in range(2)))  # (C,)
+    assert two["max"] == pytest.approx(float(top.max()), rel=1e-5)
+    assert two["median"] == pytest.approx(float(top.quantile(0.5)), rel=1e-5)
+    for name, ref, ev in (("fwd", ref_f, ef), ("rev", ref_r, er)):
+        rel = torch.maximum(metrics.relative_l2(ref, ev[0]), metrics.relative_l2(ref, ev[1]))
+        assert two["halves"][name]["max"] == pytest.approx(float(rel.max()), rel=1e-5)
+        assert two["halves"][name]["median"] == pytest.approx(float(rel.quantile(0.5)), rel=1e-5)

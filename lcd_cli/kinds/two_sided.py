@@ -75,7 +75,8 @@ class TwoSidedKind(LayerKind):
                                  (from_pairs(pairs[0][0]), from_pairs(pairs[0][1])),
                                  (from_pairs(pairs[1][0]), from_pairs(pairs[1][1])), order=order,
                                  workers=settings.workers)
-        f32 = two_sided_f32eval(k_fwd, k_rev, pairs[0], pairs[1], F32_EVAL_WINDOW)
+        f32 = two_sided_f32eval(k_fwd, k_rev, pairs[0], pairs[1], F32_EVAL_WINDOW,
+                                settings.workers)
         for half in ("fwd", "rev"):  # as complex64 engines see each half
             stats["halves"][half]["rel_l2_f32eval"] = f32["halves"][half] | {
                 "window": f32["window"]}

@@ -46,10 +46,10 @@ _F32_BLOCK = 64
 
 def relative_l2(h: Tensor, h_hat: Tensor) -> Tensor:
     """(C,) relative l2 error per channel; the norm is floored at 1e-12 * the largest norm."""
-    return _relative(torch.linalg.vector_norm(h - h_hat, dim=-1), h)  # (C,)
+    return relative_to_norm(torch.linalg.vector_norm(h - h_hat, dim=-1), h)  # (C,)
 
 
-def _relative(err: Tensor, h: Tensor) -> Tensor:
+def relative_to_norm(err: Tensor, h: Tensor) -> Tensor:
     """err (C,) / ||h_c||, the norm floored at 1e-12 * the largest channel norm."""
     norms = torch.linalg.vector_norm(h, dim=-1)  # (C,)
     return err / norms.clamp_min(1e-12 * norms.max().clamp_min(1e-300))  # (C,)
@@ -96,14 +96,14 @@ def _score_job(what: str, h: Tensor | np.ndarray, *args: Any) -> Any:
 
     ("errors", h, poles, residues, nfft) -> (||h - h_hat|| (Cb,), H-infinity ratio (Cb,),
     max |h - h_hat|); ("floor", h, order) -> (floor per channel (Cb,), rigorous);
-    ("f32eval", h, poles_pairs, residues_pairs) -> the worse ||h - h_hat|| of the two complex64
-    paths of `f32_kernels` (Cb,)."""
+    ("f32eval", h, poles_pairs, residues_pairs) -> ||h - h_hat|| of the two complex64 paths of
+    `f32_kernels`, exp(t log p) and the recurrence (2, Cb)."""
     h = torch.as_tensor(h)  # (Cb, L): a tensor here, an array in a worker
     if what == "f32eval":
         h_exp, h_rec = f32_kernels(torch.as_tensor(args[0]), torch.as_tensor(args[1]), h.shape[1])
         h64 = h.to(torch.float64)  # (Cb, L)
-        return torch.maximum(torch.linalg.vector_norm(h64 - h_exp, dim=-1),
-                             torch.linalg.vector_norm(h64 - h_rec, dim=-1)).cpu()  # (Cb,)
+        return torch.stack([torch.linalg.vector_norm(h64 - h_exp, dim=-1),
+                            torch.linalg.vector_norm(h64 - h_rec, dim=-1)]).cpu()  # (2, Cb)
     if what == "floor":
         (order,) = args
         floor = floors_over_shapes(h, [order])
@@ -156,7 +156,7 @@ def kernel_errors_and_floors(h: Tensor, poles: Tensor, residues: Tensor, *, orde
     dnorm = torch.cat([e[0] for e in errors]).to(h.device)  # (C,) ||h - h_hat||
     hinf = torch.cat([e[1] for e in errors])  # (C,)
     max_abs = max(e[2] for e in errors)
-    rel = _relative(dnorm, h)  # (C,)
+    rel = relative_to_norm(dnorm, h)  # (C,)
     floor, exact, sampled = _floor_summary(floors)
     stats = {
         "rel_l2": {"median": float(rel.quantile(0.5)), "mean": float(rel.mean()),
@@ -231,19 +231,28 @@ def f32_kernels(poles_pairs: Tensor, residues_pairs: Tensor, length: int) -> tup
     return h_exp.double(), h_rec.double()
 
 
-def rel_l2_f32eval(h: Tensor, poles_pairs: Tensor, residues_pairs: Tensor,
+def f32eval_errors(h: Tensor, poles_pairs: Tensor, residues_pairs: Tensor,
                    workers: int | None = None) -> Tensor:
-    """(C,) relative l2 error against h (C, L) of the stored float32 parameters evaluated in
-    complex64 (:func:`f32_kernels`), the worse of the exp(t log p) and recurrence paths.
-
-    Scoring in float64 hides fits whose modes cancel only in float64 (a near-real pole with
-    a huge imaginary residue); an engine running complex64 sees this error instead. Channels go
-    in jobs of _F32_BLOCK, shared by ``workers`` processes where the evaluation is large
-    (_PARALLEL_F32_TERMS); every value is per channel, so the result is the same for any
-    worker count."""
+    """(2, C) float64 ||h - h_c64|| per channel of the stored float32 parameters evaluated in
+    complex64 (:func:`f32_kernels`): row 0 the exp(t log p) path, row 1 the recurrence.
+    Channels go in jobs of _F32_BLOCK, shared by ``workers`` processes where the evaluation is
+    large (_PARALLEL_F32_TERMS); the blocks are fixed, so the result is the same for any worker
+    count."""
     step = _F32_BLOCK
     jobs = [("f32eval", h[i : i + step], poles_pairs[i : i + step], residues_pairs[i : i + step])
             for i in range(0, h.shape[0], step)]
     heavy = h.numel() * poles_pairs.shape[1] >= _PARALLEL_F32_TERMS
-    err = torch.cat(_score_jobs(jobs, workers, heavy)) if jobs else h.new_zeros(0)  # (C,)
-    return _relative(err.to(device=h.device, dtype=torch.float64), h.to(torch.float64))  # (C,)
+    err = torch.cat(_score_jobs(jobs, workers, heavy), dim=1) if jobs else h.new_zeros(2, 0)
+    return err.to(device=h.device, dtype=torch.float64)  # (2, C)
+
+
+def rel_l2_f32eval(h: Tensor, poles_pairs: Tensor, residues_pairs: Tensor,
+                   workers: int | None = None) -> Tensor:
+    """(C,) relative l2 error against h (C, L) of the stored float32 parameters evaluated in
+    complex64 (:func:`f32_kernels`), the worse of the exp(t log p) and recurrence paths
+    (`f32eval_errors`, by ``workers`` processes where large).
+
+    Scoring in float64 hides fits whose modes cancel only in float64 (a near-real pole with
+    a huge imaginary residue); an engine running complex64 sees this error instead."""
+    err = f32eval_errors(h, poles_pairs, residues_pairs, workers).amax(0)  # (C,)
+    return relative_to_norm(err, h.to(torch.float64))  # (C,)

@@ -54,9 +54,10 @@ from lcd_cli.errors import LcdError
 from lcd_cli.numerics.hankel import fft_size
 from lcd_cli.numerics.metrics import (
     FLOOR_CHANNELS,
-    f32_kernels,
+    f32eval_errors,
     kernel_errors_and_floors,
     relative_l2,
+    relative_to_norm,
     sample_channels,
 )
 from lcd_cli.numerics.modal import modal_kernel
@@ -218,10 +219,13 @@ def two_sided_errors(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
 
 
 def two_sided_f32eval(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
-                      rev: tuple[Tensor, Tensor], window: int) -> dict[str, Any]:
+                      rev: tuple[Tensor, Tensor], window: int,
+                      workers: int | None = None) -> dict[str, Any]:
     """rel_l2 of the stored float32 parameters evaluated in complex64 (`metrics.f32_kernels`:
     exp(t log p) and the recurrence, the worse of the two), over each half's first ``window``
-    lags: of the two-sided kernel [k_fwd; k_rev] (top level) and of each half.
+    lags: of the two-sided kernel [k_fwd; k_rev] (top level: per path
+    sqrt(e_fwd^2 + e_rev^2) / ||h||) and of each half. The evaluations run by ``workers``
+    processes where large (`metrics.f32eval_errors`).
 
     Args:
         k_fwd, k_rev: (C, L) float64 halves; fwd, rev: (poles, residues) float32 [real, imag]
@@ -231,14 +235,14 @@ def two_sided_f32eval(k_fwd: Tensor, k_rev: Tensor, fwd: tuple[Tensor, Tensor],
     """
     w = min(window, k_fwd.shape[1])
     ref = {"fwd": k_fwd[:, :w].to(torch.float64), "rev": k_rev[:, :w].to(torch.float64)}
-    evals = {"fwd": f32_kernels(*fwd, w), "rev": f32_kernels(*rev, w)}  # (C, W) exp, rec each
+    errs = {"fwd": f32eval_errors(ref["fwd"], *fwd, workers),
+            "rev": f32eval_errors(ref["rev"], *rev, workers)}  # (2, C) per path, each
     halves = {}
     for name in ("fwd", "rev"):
-        rel = torch.maximum(relative_l2(ref[name], evals[name][0]),
-                            relative_l2(ref[name], evals[name][1]))  # (C,)
+        rel = relative_to_norm(errs[name].amax(0), ref[name])  # (C,)
         halves[name] = {"median": float(rel.quantile(0.5)), "max": float(rel.max())}
     h = torch.cat([ref["fwd"], ref["rev"]], dim=1)  # (C, 2W)
-    rel = torch.maximum(*(relative_l2(h, torch.cat([evals["fwd"][i], evals["rev"][i]], dim=1))
-                          for i in range(2)))  # (C,)
+    both = torch.sqrt(errs["fwd"] ** 2 + errs["rev"] ** 2).amax(0)  # (C,) the worse path
+    rel = relative_to_norm(both, h)  # (C,)
     return {"median": float(rel.quantile(0.5)), "max": float(rel.max()), "window": w,
             "halves": halves}
