@@ -262,6 +262,28 @@ def test_lowest_order_floor_is_the_one_it_gets_alone() -> None:
     assert torch.equal(many[:, 0], hankel_floor(h, [1]).values[:, 0])
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(10001, 7), (8192, 33), (4096, 5), (9000, 300)],
+                         ids=lambda v: str(v))
+def test_blocked_qr_factor_is_a_triangular_factor(rows: int, cols: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocked (TSQR) R of a tall matrix: upper triangular, R^T R = A^T A, and the
+    singular values of A (numpy's SVD of the explicit matrix) to rounding. Covers a remainder
+    block, an exact multiple of the block, a single block and a wide one."""
+    gen = torch.Generator().manual_seed(rows + cols)
+    scale = torch.logspace(0, -12, cols, dtype=torch.float64)  # (p,) a graded spectrum
+    a = torch.randn(2, rows, cols, generator=gen, dtype=torch.float64) * scale  # (C, M, p)
+    monkeypatch.setattr(hankel_mod, "_TSQR_WORDS", 0)  # blocked whatever the size
+    r = hankel_mod._tall_r(a)  # (C, p, p)
+    assert r.shape == (2, cols, cols)
+    assert torch.equal(r, torch.triu(r))
+    gram = a.transpose(1, 2) @ a  # (C, p, p)
+    torch.testing.assert_close(r.transpose(1, 2) @ r, gram, rtol=0,
+                               atol=1e-12 * float(gram.abs().max()))
+    ref = torch.from_numpy(np.linalg.svd(a.numpy(), compute_uv=False))  # (C, p)
+    got = torch.linalg.svdvals(r)  # (C, p)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-13 * float(ref.max()))
+
+
 def test_zero_channel_floor_is_zero() -> None:
     h = torch.zeros(2, 50, dtype=torch.float64)
     h[1] = _modal(1, 2, 50, seed=10)[0]
