@@ -50,7 +50,7 @@ _GRAM_ROUNDING = 4.0
 # The largest dense Hankel SVD of a floor, by its cost m^2 n (m^2 n = 1e9 at m = 528,
 # n = 3569: 0.09 s per channel here, through the QR): larger shapes take the Gram route. It
 # admits every shape up to L = 2048 (the square m = ceil(L/2) included), m <= 264 at
-# L = 8192, m <= 66 at L = 65536 and none at L = 1M.
+# L = 8192, m <= 66 at L = 65536 and m <= 32 at L = 1M (none of the report's at N = 16).
 DENSE_COST = 1 << 30
 # The dense cost m^2 n' of each prefix shape: the m-row Hankel matrix of h[:w] for a row count m
 # whose full-length matrix is too large for a dense SVD (0.02-0.07 s per channel here). Exact to
