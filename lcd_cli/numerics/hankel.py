@@ -167,6 +167,9 @@ def _hankel_apply(hf: Tensor, xt: Tensor, rows: int, cols: int, nfft: int) -> Te
     cs = min(c, max(1, _FFT_BLOCK // bins))  # channels per block
     qs = min(q, max(1, _FFT_BLOCK // (cs * bins)))  # vectors per block
     shared = xt.shape[0] == 1  # one X for every channel (the test matrix)
+    # The zero-padded input of each block's rfft, its tail zeroed once: the same transform as
+    # rfft(x, n=nfft), without a padded copy per block.
+    pad = None if shared else xt.new_zeros(cs, qs, nfft)  # (Cb, qb, nfft)
     for start in range(0, q, qs):
         # A shared X is transformed once per vector block, for every channel block.
         xf_shared = torch.fft.rfft(xt[:, start : start + qs], n=nfft, dim=-1).conj() if shared \
@@ -176,7 +179,11 @@ def _hankel_apply(hf: Tensor, xt: Tensor, rows: int, cols: int, nfft: int) -> Te
             if xf_shared is not None:
                 prod = hc * xf_shared  # (Cb, qb, F)
             else:
-                xf = torch.fft.rfft(xt[c0 : c0 + cs, start : start + qs], n=nfft, dim=-1)
+                assert pad is not None
+                block = xt[c0 : c0 + cs, start : start + qs]  # (Cb, qb, cols)
+                buf = pad[: block.shape[0], : block.shape[1]]  # (Cb, qb, nfft)
+                buf[..., :cols] = block
+                xf = torch.fft.rfft(buf, dim=-1)
                 xf.imag.neg_()  # conj, in place
                 prod = xf.mul_(hc)  # (Cb, qb, F)
             yb = torch.fft.irfft(prod, n=nfft, dim=-1)  # (Cb, qb, nfft)
