@@ -206,6 +206,31 @@ def test_complex64_kernel_of_zero_padding_poles(length: int) -> None:
                           2 * torch.eye(1, length, dtype=torch.float32), atol=1e-6)
 
 
+@pytest.mark.parametrize("length", [63, 1000, 8192], ids=lambda n: f"L{n}")
+def test_complex64_exp_kernel_rounds_like_complex64(length: int) -> None:
+    """exp_kernel_c64 takes e^a (cos b + i sin b) in float32 for exp(t log p): a complex64
+    evaluation, against the complex128 kernel of the same stored values within the error of
+    complex64's t log p (about u t |log p| per mode), and within a few float32 roundings of
+    torch's own complex64 exp of the same arguments (its CPU libm is not an engine's either)."""
+    g = torch.Generator().manual_seed(5)
+    radius = 1 - torch.exp(torch.empty(4, 16, dtype=torch.float64).uniform_(-12, -1, generator=g))
+    angle = torch.empty(4, 16, dtype=torch.float64).uniform_(-math.pi, math.pi, generator=g)
+    p = torch.polar(radius, angle).to(torch.complex64)  # (C, N) stored values
+    r = torch.randn(4, 16, generator=g, dtype=torch.complex64)  # (C, N)
+    h = exp_kernel_c64(p, r, length).double()  # (C, L)
+    t = torch.arange(length, dtype=torch.float64)  # (L,)
+    p64, r64 = p.to(torch.complex128), r.to(torch.complex128)
+    exact = (r64[..., None] * torch.exp(torch.log(p64)[..., None] * t)).real.sum(1)  # (C, L)
+    u = 2.0**-24
+    env = (r64.abs()[..., None] * p64.abs()[..., None] ** t
+           * (4 + 2 * t * torch.log(p64).abs()[..., None])).sum(1)  # (C, L)
+    assert bool(((h - exact).abs() <= u * env).all())
+    arg = torch.log(p)[..., None] * torch.arange(length, dtype=torch.float32)  # (C, N, L)
+    ref = (r[..., None] * torch.exp(arg)).real.sum(1).double()  # torch's complex64 exp
+    scale = (r.abs()[..., None] * torch.exp(arg.real)).sum(1).double()  # (C, L)
+    assert bool(((h - ref).abs() <= 8 * u * scale).all())
+
+
 @pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])
 def test_gap_model_bounds_the_measured_gap(length: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The guard's screen skips channels whose modelled complex64 gap (`_f32_bound`) cannot

@@ -196,7 +196,11 @@ def exp_kernel_c64(p: Tensor, r: Tensor, length: int) -> Tensor:
     zero = (p == 0)[..., None]  # (C, N, 1)
     for start in range(0, length, _F32_CHUNK):  # bounded (C, N, chunk) temporaries
         tt = t[start : start + _F32_CHUNK]  # (l,)
-        powers = torch.exp(log_p[..., None] * tt)  # (C, N, l) complex64
+        arg = log_p[..., None] * tt  # (C, N, l) complex64 t log p
+        # exp(a + ib) = e^a (cos b + i sin b) from float32 exp, cos and sin: the rounding of a
+        # complex64 exp (an engine's libm differs from torch's CPU one anyway), 3.8x faster on
+        # CPU than torch's complex64 exp, which is not vectorized.
+        powers = torch.polar(torch.exp(arg.real), arg.imag)  # (C, N, l) complex64
         if bool(zero.any()):
             powers = torch.where(zero, (tt == 0).to(powers.dtype), powers)
         terms = r[..., None] * powers  # (C, N, l) complex64
