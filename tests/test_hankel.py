@@ -253,6 +253,35 @@ def test_prefix_floor_resolves_what_the_gram_route_cannot() -> None:
     assert bool((whole <= known).all())
 
 
+@pytest.mark.parametrize("length", [63, 600, 1001], ids=lambda n: f"L{n}")
+def test_square_shape_by_eigenvalues(length: int) -> None:
+    """A square Hankel matrix is symmetric, so its singular values come from its eigenvalues:
+    the explicit matrix's SVD to rounding. An even length's square shape m x (m + 1) is taken
+    as the symmetric m x m matrix of h[:L - 1], its first m columns: its bound is within that
+    column's share of the full square's, the floor is at least it and below a fit's error."""
+    h = _modal(3, 10, length, seed=51, noise=1e-3)
+    m = (length + 1) // 2
+    sym = torch.from_numpy(np.stack([_naive_hankel(c.numpy()[: 2 * m - 1]) for c in h]))
+    spec = hankel_singular_values(h[:, : 2 * m - 1], m)  # (C, m) by eigvalsh
+    ref = torch.linalg.svdvals(sym)  # (C, m)
+    torch.testing.assert_close(spec.sigma, ref, rtol=0.0, atol=1e-13 * float(ref.max()))
+    orders = [2, 4, 8]
+    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True)  # (C, 1)
+
+    def bound(sigma: torch.Tensor) -> torch.Tensor:  # (C, 3) sqrt(tail_2N / m) / ||h||
+        return torch.stack([torch.sqrt((sigma[:, 2 * n :] ** 2).sum(-1) / m) for n in orders],
+                           -1) / norm
+
+    full = torch.from_numpy(np.stack([_naive_hankel(c.numpy()) for c in h]))  # (C, m, n)
+    square, prefix = bound(torch.linalg.svdvals(full)), bound(ref)  # (C, 3) each
+    assert bool((prefix >= 0.99 * square).all())
+    floor = hankel_floor(h, orders).values  # (C, 3)
+    assert bool((floor >= (prefix if length % 2 == 0 else square) * (1 - 1e-12)).all())
+    assert bool((fit_modal(h, 4).rel_l2 >= floor[:, 1] * (1 - 1e-9)).all())
+    if length % 2 == 0:
+        assert (m, length - 1) in hankel_mod.floor_shapes(length, orders)[2]
+
+
 def test_lowest_order_floor_is_the_one_it_gets_alone() -> None:
     """Floors for many orders at once (`lcd inspect` asks for 1-128) start the shape grid at
     the lowest order's 2N + 1 rows, so that order's floor is as tight as asked alone (from the
