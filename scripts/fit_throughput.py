@@ -10,10 +10,11 @@ side by side in one process, on the same kernels.
 Table rows (N = --order, default 16): kernels of the bundled example checkpoints, materialized
 exactly as `lcd distill` does: "HyenaDNA-like" (`lcd example hyenadna`, l_max = L, the -hf
 port's 0.05 window shift) and "StripedHyena modal, 8 modes" (`lcd example stripedhyena`,
-evaluated at length L). For each row the baseline and the current fitter fit the same (C, L)
-kernels one after the other (the order alternates from row to row, so machine drift does not
-favour one); the table gives seconds per channel, channels per second, the speed-up and the
-median / max relative l2 error of each.
+evaluated at length L, fitted with its own poles as one more start, as `lcd distill` does;
+--no-source leaves them out, as the tables before 2026-12-02 did). For each row the baseline
+and the current fitter fit the same (C, L) kernels one after the other (the order alternates
+from row to row, so machine drift does not favour one); the table gives seconds per channel,
+channels per second, the speed-up and the median / max relative l2 error of each.
 
 Then the large job: 1024 HyenaDNA-like channels at L = 8192, N = 16, with the current fitter
 in-process (--workers 1) and with worker processes (e.g. 2, one torch thread each; the wall time
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lcd_cli.examples import make_example, write_example  # noqa: E402
-from lcd_cli.families.layers import materialize, select_configs  # noqa: E402
+from lcd_cli.families.layers import materialize, select_configs, source_modes  # noqa: E402
 from lcd_cli.io.checkpoint import open_checkpoint  # noqa: E402
 from lcd_cli.numerics import fit as current  # noqa: E402
 from lcd_cli.numerics.allocator import keep_freed_memory  # noqa: E402
@@ -61,6 +62,7 @@ ROWS = [("hyenadna", 1024, 64), ("hyenadna", 8192, 64), ("hyenadna", 65536, 64),
         ("stripedhyena", 1024, 64), ("stripedhyena", 8192, 64), ("stripedhyena", 65536, 64)]
 EVO1_CHANNELS = 29 * 4096  # an Evo-1 / StripedHyena-7B-sized model: 29 Hyena layers of 4096
 QUICK_ROWS = [("hyenadna", 300, 6), ("stripedhyena", 300, 6)]
+WARMUP_CHANNELS = 16  # one LM batch of rows (`fit._LANES` on AVX-512)
 
 
 def load_baseline(rev: str) -> ModuleType:
@@ -82,8 +84,11 @@ def load_baseline(rev: str) -> ModuleType:
     return modules["fit"]
 
 
-def example_kernels(example: str, length: int, channels: int, seed: int = 0) -> Tensor:
-    """Layer 0 of `lcd example`, materialized at length L: (C, L) float64."""
+def example_layer(example: str, length: int, channels: int, seed: int = 0
+                  ) -> tuple[Tensor, Tensor | None]:
+    """Layer 0 of `lcd example`, materialized at length L: kernels (C, L) float64 and, for an
+    SSM-parameterised source, the poles (C, M) of its own realization, which `lcd distill`
+    passes to the fit as one more start (`families.layers.source_modes`); else None."""
     sizes = {"hyenadna": {"d_model": channels, "n_layers": 1, "l_max": length},
              "stripedhyena": {"d_model": channels, "n_blocks": 1}}[example]
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +96,12 @@ def example_kernels(example: str, length: int, channels: int, seed: int = 0) -> 
                              Path(tmp) / f"{example}.safetensors")[0]
         with open_checkpoint(path) as ckpt:
             (_, layers), = select_configs(ckpt, options={"length": length})
-            return materialize(ckpt, layers[0])[0]
+            return materialize(ckpt, layers[0])[0], source_modes(ckpt, layers[0])
+
+
+def example_kernels(example: str, length: int, channels: int, seed: int = 0) -> Tensor:
+    """Layer 0 of `lcd example`, materialized at length L: (C, L) float64."""
+    return example_layer(example, length, channels, seed)[0]
 
 
 def _sync(device: str) -> None:
@@ -119,16 +129,25 @@ def run(args: argparse.Namespace) -> dict:
     out: dict = {"rows": [], "big": {}}
     for i, (example, length, channels) in enumerate(rows):
         channels = args.channels or channels
-        h = example_kernels(example, length, channels)
+        h, source = example_layer(example, length, channels)
+        # As `lcd distill` fits the layer: with the source's own poles where it has them.
+        kw = {} if source is None or args.no_source else {"source": source}
         order = min(args.order, length - 1)
         pair = [("current", current.fit_modal)]
         if baseline is not None:
             pair.insert(0, ("baseline", baseline.fit_modal))
         if i % 2:
             pair.reverse()
-        row: dict = {"kernels": KERNELS[example], "length": length, "channels": channels, "order": order}
+        kernels = KERNELS[example] + (", source poles" if kw else "")
+        row: dict = {"kernels": kernels, "length": length, "channels": channels, "order": order,
+                     "source_poles": bool(kw)}
         for name, fn in pair:
-            row[name] = timed(fn, h, order, args.device)
+            # Warm-up on a few channels first, so that neither fitter pays the process's first
+            # touch of this row's memory (the first of a pair at L = 1024 was up to 1.4x slower).
+            few = min(channels, WARMUP_CHANNELS)
+            fn(h[:few], order, **({} if args.device == "cpu" else {"device": args.device}),
+               **({"source": source[:few]} if kw and source is not None else {}))
+            row[name] = timed(fn, h, order, args.device, **kw)
             print(f"[{example} L={length} C={channels}] {name}: {row[name]['sec_per_channel']:.4f} s/ch "
                   f"median {row[name]['median']:.3e} max {row[name]['max']:.3e}", file=sys.stderr, flush=True)
         if "baseline" in row:
@@ -218,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="worker counts of the large job (1 = in-process)")
     ap.add_argument("--big-baseline", action="store_true", help="the baseline on the large job too")
+    ap.add_argument("--no-source", action="store_true",
+                    help="fit SSM-parameterised sources (the StripedHyena rows) without their own "
+                         "poles as a start, as the tables before 2026-12-02 did")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
