@@ -564,7 +564,8 @@ def hankel_floor(
     `floor_shapes`): h_N[:w] is modal too, so its Hankel matrix has rank <= 2N and
     ||h - h_N|| >= ||(h - h_N)[:w]|| >= sqrt(tail_r(H_m(h[:w])) / min(m, w - m + 1)), divided
     by the whole ||h||. That bound sees only the prefix's energy, but exactly, where the Gram
-    route's resolution hides the floors of long kernels. All three are rigorous. Only if no
+    route's resolution hides the floors of long kernels; an even length's square shape is the
+    symmetric prefix h[:L - 1] (eigenvalues instead of an SVD). All three are rigorous. Only if no
     shape has m <= exact_max_rows (2 Nmin + 1 > exact_max_rows) is the square matrix's
     randomized estimate returned (rigorous=False).
 
