@@ -414,6 +414,7 @@ def test_batched_restarts_equal_the_one_at_a_time_loop(tmp_path, monkeypatch, ne
 
     monkeypatch.setattr(fit_mod, "_RESTART_NEAR", near)
     monkeypatch.setattr(fit_mod, "_RESTART_FIRST", first)
+    first_batch = first  # `first` is the first fit below
     path = tmp_path / "m.safetensors"
     write_example(make_example("hyenadna", d_model=64, n_layers=1, l_max=1000), path)
     with open_checkpoint(path) as ckpt:
@@ -438,10 +439,23 @@ def test_batched_restarts_equal_the_one_at_a_time_loop(tmp_path, monkeypatch, ne
             alone = fit_mod._finish(h[idx], fit_mod._refine(h[idx], s_r, 1000, iters), True)
             poles[idx], res[idx], err[idx] = fit_mod._keep_better((poles[idx], res[idx], err[idx]),
                                                                   alone)
+        batches: list[tuple[list[int], list[int]]] = []  # (channels, restarts) of each batch
+        run_fits = fit_mod._restart_fits
+
+        def record(h_: torch.Tensor, idx: torch.Tensor, restarts: list[int],
+                   *args: object) -> list:
+            batches.append((idx.tolist(), list(restarts)))
+            return run_fits(h_, idx, restarts, *args)
+
+        monkeypatch.setattr(fit_mod, "_restart_fits", record)
         got = fit_mod._restart_outliers(h, order, 0, iters, True, None,
                                         tuple(x.clone() for x in first))
     finally:
         torch.set_num_threads(threads)
+    if first_batch == 1:
+        # An outlier of step k uses restarts k and on, so a first batch of one restart holds
+        # the first outliers only: a near-outlier's restart 0 would never be used.
+        assert batches[0] == (bad0.nonzero()[:, 0].tolist(), [0])
     assert bool(late.any())  # the case has channels that turn outliers later
     assert torch.equal(got[0], poles) and torch.equal(got[1], res) and torch.equal(got[2], err)
     assert bool((got[2] < first[2]).any())  # the restarts helped somewhere

@@ -115,9 +115,11 @@ _GRAM_REL_MIN = 1e-6  # below this relative error float32 residues are re-solved
 _RESTARTS = (((2, 0), False, True), ((2, 0), True, False), ((2, 2), False, False),
              ((2, 4), False, True), ((1, 0), False, False))
 _RESTART_FACTOR = 2.0  # a channel is an outlier above this multiple of the median error
-# Channels above this share of the outlier threshold also join the first batch of restarts:
-# those that become outliers later did so at 1.85-1.95x the first median (the median fell
-# 5-11 % as the first outliers improved; HyenaDNA example, L = 1024 and 8192).
+# Channels above this share of the outlier threshold also join the first batch of restarts
+# when it runs more than one (_RESTART_FIRST > 1): those that become outliers later did so at
+# 1.85-1.95x the first median (the median fell 5-11 % as the first outliers improved; HyenaDNA
+# example, L = 1024 and 8192). A channel that becomes an outlier at step k uses restarts k and
+# on only, so with one restart in the first batch their rows would never be used.
 _RESTART_NEAR = 0.9
 # The first batch of restarts runs the first _RESTART_FIRST of them; the channels still
 # outliers after those get all the others in one later batch. When the first batch ran all
@@ -1004,11 +1006,12 @@ def _restart_outliers(
     Restarts run in LM batches, each (channel, restart) at most once (rows grouped within
     _RESTART_BUDGET): at the few rows of one restart an LM iteration is mostly fixed cost
     (about 6 ms at 8 rows against 24-30 ms at 64, L = 8192, N = 16), so restarts are batched
-    ahead of need, in two stages. The first outliers, and the channels just below the
-    threshold (above _RESTART_NEAR of it, in case the median falls enough to make them
-    outliers), run the first _RESTART_FIRST restarts in one batch. A channel that is an
-    outlier at a restart it has no fit of (one still far off after the first stage, or one
-    that became an outlier later) runs all the restarts left in the batch of that step. A
+    ahead of need, in two stages. The first outliers (and, when _RESTART_FIRST > 1, the
+    channels just below the threshold, above _RESTART_NEAR of it, in case the median falls
+    enough to make them outliers) run the first _RESTART_FIRST restarts in one batch. A
+    channel that is an outlier at a restart it has no fit of (one still far off after the
+    first stage, or one that became an outlier later) runs all the restarts left in the batch
+    of that step. A
     row's iterates do not depend on its batch (`_refine`), and neither does a channel's
     second-half basis (computed once per channel, `_tail_basis`), so every restart gives
     what it would alone: the result is that of the one-restart-at-a-time loop, bit for bit.
@@ -1059,11 +1062,14 @@ def _restart_outliers(
         new = idx[batch[idx, k] < 0]  # (Cn,) outliers without a fit of restart k
         stop = count
         if k == 0:
-            # Channels just below the threshold become outliers when the median falls; they
-            # join the first batch, whose rows cost far less than a later batch of a few.
-            near = _outliers(err, h, _RESTART_FACTOR * _RESTART_NEAR) & ~bad  # (C,)
-            new = torch.sort(torch.cat([new, near.nonzero()[:, 0]])).values  # (Cn,)
             stop = min(count, _RESTART_FIRST)
+            if stop > 1:
+                # Channels just below the threshold become outliers when the median falls;
+                # they join the first batch, whose rows cost far less than a later batch of a
+                # few. Only its restarts 1 .. stop - 1 can serve them (an outlier of step k
+                # uses restart k), so with one restart there it would refine them for nothing.
+                near = _outliers(err, h, _RESTART_FACTOR * _RESTART_NEAR) & ~bad  # (C,)
+                new = torch.sort(torch.cat([new, near.nonzero()[:, 0]])).values  # (Cn,)
         if new.numel():
             batch[new, k:stop] = len(batches)
             row[new, k:stop] = torch.arange(new.numel(), device=h.device)[:, None]
