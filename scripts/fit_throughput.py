@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> dict:
             # Warm-up on a few channels first, so that neither fitter pays the process's first
             # touch of this row's memory (the first of a pair at L = 1024 was up to 1.4x slower).
             few = min(channels, WARMUP_CHANNELS)
-            fn(h[:few], order, **({} if args.device == "cpu" else {"device": args.device}),
-               **({"source": source[:few]} if kw and source is not None else {}))
+            timed(fn, h[:few], order, args.device, **{k: v[:few] for k, v in kw.items()})
             row[name] = timed(fn, h, order, args.device, **kw)
             print(f"[{example} L={length} C={channels}] {name}: {row[name]['sec_per_channel']:.4f} s/ch "
                   f"median {row[name]['median']:.3e} max {row[name]['max']:.3e}", file=sys.stderr, flush=True)

@@ -1011,10 +1011,10 @@ def _restart_outliers(
     enough to make them outliers) run the first _RESTART_FIRST restarts in one batch. A
     channel that is an outlier at a restart it has no fit of (one still far off after the
     first stage, or one that became an outlier later) runs all the restarts left in the batch
-    of that step. A
-    row's iterates do not depend on its batch (`_refine`), and neither does a channel's
-    second-half basis (computed once per channel, `_tail_basis`), so every restart gives
-    what it would alone: the result is that of the one-restart-at-a-time loop, bit for bit.
+    of that step. A row's iterates do not depend on its batch (`_refine`), and neither does a
+    channel's second-half basis (computed once per channel, `_tail_basis`), so every restart
+    gives what it would alone: the result is that of the one-restart-at-a-time loop, bit for
+    bit.
     (Keeping the best of every restart instead lowers the float64 error but can pick fits
     whose modes cancel more than the float32 guard repairs: the double-pole case of
     tests/test_f32_fidelity.py at L = 63 went from a complex64 error of 2.1e-5 to 4.4e-5.)
