@@ -10,8 +10,9 @@ side by side in one process, on the same kernels.
 Table rows (N = --order, default 16): kernels of the bundled example checkpoints, materialized
 exactly as `lcd distill` does: "HyenaDNA-like" (`lcd example hyenadna`, l_max = L, the -hf
 port's 0.05 window shift) and "StripedHyena modal, 8 modes" (`lcd example stripedhyena`,
-evaluated at length L, fitted with its own poles as one more start, as `lcd distill` does;
---no-source leaves them out, as the tables before 2026-12-02 did). For each row the baseline
+evaluated at length L, handed its own poles and residues, as `lcd distill` does: at N >= 8 that
+realization is the fit; --source poles hands the poles only, as one more start, as the tables
+of 2026-12-02 did, --source none nothing, as the tables before). For each row the baseline
 and the current fitter fit the same (C, L) kernels one after the other (the order alternates
 from row to row, so machine drift does not favour one); the table gives seconds per channel,
 channels per second, the speed-up and the median / max relative l2 error of each.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lcd_cli.examples import make_example, write_example  # noqa: E402
-from lcd_cli.families.layers import materialize, select_configs, source_modes  # noqa: E402
+from lcd_cli.families.layers import materialize, select_configs, source_realization  # noqa: E402
 from lcd_cli.io.checkpoint import open_checkpoint  # noqa: E402
 from lcd_cli.numerics import fit as current  # noqa: E402
 from lcd_cli.numerics.allocator import keep_freed_memory  # noqa: E402
@@ -85,10 +87,10 @@ def load_baseline(rev: str) -> ModuleType:
 
 
 def example_layer(example: str, length: int, channels: int, seed: int = 0
-                  ) -> tuple[Tensor, Tensor | None]:
+                  ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """Layer 0 of `lcd example`, materialized at length L: kernels (C, L) float64 and, for an
-    SSM-parameterised source, the poles (C, M) of its own realization, which `lcd distill`
-    passes to the fit as one more start (`families.layers.source_modes`); else None."""
+    SSM-parameterised source, the poles and residues (C, M) of its own realization, which
+    `lcd distill` passes to the fit (`families.layers.source_realization`); else None."""
     sizes = {"hyenadna": {"d_model": channels, "n_layers": 1, "l_max": length},
              "stripedhyena": {"d_model": channels, "n_blocks": 1}}[example]
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +98,7 @@ def example_layer(example: str, length: int, channels: int, seed: int = 0
                              Path(tmp) / f"{example}.safetensors")[0]
         with open_checkpoint(path) as ckpt:
             (_, layers), = select_configs(ckpt, options={"length": length})
-            return materialize(ckpt, layers[0])[0], source_modes(ckpt, layers[0])
+            return materialize(ckpt, layers[0])[0], source_realization(ckpt, layers[0])
 
 
 def example_kernels(example: str, length: int, channels: int, seed: int = 0) -> Tensor:
@@ -130,23 +132,32 @@ def run(args: argparse.Namespace) -> dict:
     for i, (example, length, channels) in enumerate(rows):
         channels = args.channels or channels
         h, source = example_layer(example, length, channels)
-        # As `lcd distill` fits the layer: with the source's own poles where it has them.
-        kw = {} if source is None or args.no_source else {"source": source}
+        # As `lcd distill` fits the layer: with the source's own realization where it has one
+        # (its poles only for a fitter without `source_residues`, or with --source poles).
+        use = "none" if source is None or args.no_source else args.source
         order = min(args.order, length - 1)
         pair = [("current", current.fit_modal)]
         if baseline is not None:
             pair.insert(0, ("baseline", baseline.fit_modal))
         if i % 2:
             pair.reverse()
-        kernels = KERNELS[example] + (", source poles" if kw else "")
+        kernels = KERNELS[example] + {"none": "", "poles": ", source poles",
+                                      "realization": ", source realization"}[use]
         row: dict = {"kernels": kernels, "length": length, "channels": channels, "order": order,
-                     "source_poles": bool(kw)}
+                     "source": use}
         for name, fn in pair:
+            kw = {}
+            if use != "none":
+                assert source is not None
+                kw["source"] = source[0]
+                if use == "realization" and "source_residues" in inspect.signature(fn).parameters:
+                    kw["source_residues"] = source[1]
             # Warm-up on a few channels first, so that neither fitter pays the process's first
             # touch of this row's memory (the first of a pair at L = 1024 was up to 1.4x slower).
             few = min(channels, WARMUP_CHANNELS)
             timed(fn, h[:few], order, args.device, **{k: v[:few] for k, v in kw.items()})
             row[name] = timed(fn, h, order, args.device, **kw)
+            row[name]["source"] = sorted(kw)
             print(f"[{example} L={length} C={channels}] {name}: {row[name]['sec_per_channel']:.4f} s/ch "
                   f"median {row[name]['median']:.3e} max {row[name]['max']:.3e}", file=sys.stderr, flush=True)
         if "baseline" in row:
@@ -236,9 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="worker counts of the large job (1 = in-process)")
     ap.add_argument("--big-baseline", action="store_true", help="the baseline on the large job too")
-    ap.add_argument("--no-source", action="store_true",
-                    help="fit SSM-parameterised sources (the StripedHyena rows) without their own "
-                         "poles as a start, as the tables before 2026-12-02 did")
+    ap.add_argument("--source", choices=["realization", "poles", "none"], default="realization",
+                    help="what SSM-parameterised sources (the StripedHyena rows) hand the fit: "
+                         "their own poles and residues, as `lcd distill` does (a fitter without "
+                         "`source_residues` gets the poles only), the poles only (the tables of "
+                         "2026-12-02), or nothing (the tables before)")
+    ap.add_argument("--no-source", action="store_true", help="the same as --source none")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)

@@ -214,6 +214,75 @@ def test_source_modes_start_recovers_clustered_poles() -> None:
     assert bool((with_src.rel_l2 <= without.rel_l2 * (1 + 1e-12)).all())
 
 
+def _f32_source(channels: int, modes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poles (radius 0.6-0.999, one real per channel) and residues (C, M) holding complex64
+    values, as a float32 checkpoint stores them: complex128."""
+    g = torch.Generator().manual_seed(seed)
+    radius = 0.6 + 0.399 * torch.rand(channels, modes, generator=g, dtype=torch.float64)
+    angle = math.pi * torch.rand(channels, modes, generator=g, dtype=torch.float64)
+    angle[:, 0] = 0.0
+    poles = torch.polar(radius, angle).to(torch.complex64).to(torch.complex128)  # (C, M)
+    residues = torch.randn(channels, modes, generator=g, dtype=torch.complex128)  # (C, M)
+    return poles, residues.to(torch.complex64).to(torch.complex128)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L={n}")
+@pytest.mark.parametrize("float32", [True, False], ids=["float32", "float64"])
+def test_source_realization_is_the_fit_at_or_above_its_order(length: int, float32: bool) -> None:
+    """A layer that already is an M-mode diagonal SSM (float32 parameters, as Evo 1 stores
+    them), fitted at N >= M with its poles and residues: the fit is the realization itself,
+    bit for bit, padded with zero-residue modes, and its error, checked against the naive
+    loop, is float64 rounding, below the poles-only fit's."""
+    poles, residues = _f32_source(5, 4, seed=11)
+    h = _loop_kernel(poles, residues, length)  # (C, L)
+    for order in (4, 7):
+        fit = fit_modal(h, order, source=poles, source_residues=residues, float32=float32)
+        assert torch.equal(fit.poles[:, :4], poles)
+        assert torch.equal(fit.residues[:, :4], residues)
+        assert bool((fit.residues[:, 4:] == 0).all())
+        assert bool((fit.poles.abs() < 1).all())
+        # Both errors are float64 rounding: the reported one (two-level tables) and the naive
+        # loop's of the returned parameters (0 here: the loop that built h).
+        direct = _rel(h, _loop_kernel(fit.poles, fit.residues, length))  # (C,)
+        assert float(direct.max()) < 1e-14
+        assert float(fit.rel_l2.max()) < 1e-14
+        assert fit.method == "source realization"
+        poles_only = fit_modal(h, order, source=poles, float32=float32)
+        assert bool((fit.rel_l2 <= poles_only.rel_l2 * (1 + 1e-9) + 1e-15).all())
+
+
+def test_source_realization_below_its_order_or_inexact_is_only_a_candidate() -> None:
+    """Below the source's order the residues change nothing (the same fit bit for bit as with
+    its poles alone). A realization that is not exact on every channel of a chunk (here one
+    unstable pole, which the fit must move inside the disk) does not replace the fit: the chunk
+    is fitted as with the poles alone, the realization kept only where it scores better, so no
+    channel is worse than that fit and the stable channels stay exact."""
+    poles, residues = _f32_source(4, 4, seed=12)
+    h = _loop_kernel(poles, residues, 300)  # (C, L)
+    low = fit_modal(h, 3, source=poles, source_residues=residues)
+    ref = fit_modal(h, 3, source=poles)
+    assert torch.equal(low.poles, ref.poles) and torch.equal(low.residues, ref.residues)
+    assert low.method == "era+vp-lm"
+    grown = poles.clone()
+    grown[0, 1] = grown[0, 1] / grown[0, 1].abs() * 1.002  # (1,) a slowly growing mode
+    h = _loop_kernel(grown, residues, 300)
+    fit = fit_modal(h, 6, source=grown, source_residues=residues)
+    alone = fit_modal(h, 6, source=grown)
+    assert bool((fit.poles.abs() < 1).all())
+    assert float(fit.rel_l2[0]) > 1e-7  # not exact: the growing mode was moved inside
+    assert bool((fit.rel_l2 <= alone.rel_l2 * (1 + 1e-9)).all())
+    assert float(fit.rel_l2[1:].max()) < 1e-14
+
+
+def test_source_residues_must_match_the_poles() -> None:
+    poles, residues = _f32_source(3, 4, seed=13)
+    h = _loop_kernel(poles, residues, 100)
+    with pytest.raises(LcdError, match="source residues must be"):
+        fit_modal(h, 4, source=poles, source_residues=residues[:, :3])
+    with pytest.raises(LcdError, match="given with the source poles"):
+        fit_modal(h, 4, source_residues=residues)
+
+
 def test_identical_channels_are_fitted_once() -> None:
     """Grouped filters (row c // (C/G)): duplicated channels get identical parameters, the same
     as fitting the distinct rows alone, and a channel equal in projection but not in value is

@@ -292,10 +292,17 @@ def generator_warnings(ckpt: Checkpoint, layer: Layer) -> list[str]:
     return list(_materializer(layer.config).warnings(LayerView(ckpt, layer), layer.config.options))
 
 
+def source_realization(ckpt: Checkpoint, layer: Layer
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Poles and residues (C, M) complex128 of the layer's own diagonal realization, for
+    SSM-parameterised sources (kernel = Re sum R p^t exactly: an extra start of the
+    order-reduction fit, and the fit itself at N >= M); None for other generators."""
+    return _materializer(layer.config).modes(LayerView(ckpt, layer), layer.config.options)
+
+
 def source_modes(ckpt: Checkpoint, layer: Layer) -> torch.Tensor | None:
-    """Poles (C, M) of the layer's own diagonal realization, for SSM-parameterised sources
-    (an extra start of the order-reduction fit); None for other generators."""
-    modes = _materializer(layer.config).modes(LayerView(ckpt, layer), layer.config.options)
+    """Poles (C, M) of the layer's own diagonal realization (`source_realization`), or None."""
+    modes = source_realization(ckpt, layer)
     return None if modes is None else modes[0]
 
 

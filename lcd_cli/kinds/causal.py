@@ -20,7 +20,7 @@ from lcd_cli.families.layers import (
     generator_info,
     generator_warnings,
     materialize,
-    source_modes,
+    source_realization,
 )
 from lcd_cli.families.spec import FamilyConfig
 from lcd_cli.families.view import Layer
@@ -48,25 +48,28 @@ PART = "ssm"
 F32_EVAL_WINDOW = 16384
 
 
-def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | None = None,
+def fit_kernel(h: torch.Tensor, settings: FitSettings,
+               source: tuple[torch.Tensor, torch.Tensor] | None = None,
                on_step: OnStep | None = None, what: str = "",
                start: torch.Tensor | None = None) -> FitResult:
     """Fit (C, L) kernels at the settings' order, or to its tolerance, with the settings' pole
-    class (complex conjugate pairs, or real poles on (0, 1) with real residues; ``start``:
+    class (complex conjugate pairs, or real poles on (0, 1) with real residues; ``source``:
+    the layer's own diagonal realization, poles and residues (C, M), or None; ``start``:
     (C, M) poles of another fit, one more start of a real fit at a fixed order). ``on_step``
     hears of each chunk of channels fitted (and each bisection step), ``what`` prefixes its
     messages."""
+    poles, residues = (None, None) if source is None else source
     say = None if on_step is None else (lambda msg: on_step(f"{what}{msg}"))
     if settings.poles == "real":
         if say is not None:
             say(f"real poles, {'N=' + str(settings.order) if settings.order else '--tol'}")
         if settings.order is not None:
             return fit_real_modal(h, settings.order, device=settings.device, seed=settings.seed,
-                                  source=source, start=start)
+                                  source=poles, start=start)
         assert settings.tol is not None
         return fit_real_modal_to_tolerance(h, settings.tol, settings.max_order,
                                            device=settings.device, seed=settings.seed,
-                                           source=source)
+                                           source=poles)
     if settings.order is not None:
         order = settings.order
         chunks = None if say is None else (
@@ -74,11 +77,12 @@ def fit_kernel(h: torch.Tensor, settings: FitSettings, source: torch.Tensor | No
         if chunks is not None:
             chunks(0, h.shape[0])  # the fit has begun (the first chunk takes a while at long L)
         return fit_modal(h, order, device=settings.device, seed=settings.seed,
-                         source=source, workers=settings.workers, progress=chunks)
+                         source=poles, source_residues=residues, workers=settings.workers,
+                         progress=chunks)
     assert settings.tol is not None
     return fit_modal_to_tolerance(h, settings.tol, settings.max_order, device=settings.device,
-                                  seed=settings.seed, source=source, workers=settings.workers,
-                                  on_step=say)
+                                  seed=settings.seed, source=poles, source_residues=residues,
+                                  workers=settings.workers, on_step=say)
 
 
 def skip_term(distilled: Checkpoint, layer: Layer, D_ref: torch.Tensor | None
@@ -105,7 +109,7 @@ class CausalKind(LayerKind):
         if on_step:
             on_step("materializing the kernels")
         h, _ = materialize(ckpt, planned.layer)  # (C, L) float64
-        source = source_modes(ckpt, planned.layer)
+        source = source_realization(ckpt, planned.layer)
         clock.lap("materialize")
         free = None
         if settings.poles == "real" and settings.order is not None:

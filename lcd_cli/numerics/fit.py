@@ -30,7 +30,9 @@ Method:
    their LM runs share batches, in two stages (`_restart_outliers`). One Hankel SVD, of the
    largest rank any start uses, serves them all (`_era_basis`). Kernels longer than the ERA
    window get one more start that sees all of them (`_coarse_start`): the fit of the
-   decimated kernel h[D s] (poles p^D), mapped back by the principal D-th root.
+   decimated kernel h[D s] (poles p^D), mapped back by the principal D-th root. A source that
+   already is an M-mode diagonal SSM (M <= N) with its residues is a candidate as it is
+   (`_exact_source`), and the fit itself where it is exact on the whole chunk.
 2. Residues (`_solve_residues`): real least squares via the normal equations. Every Gram entry is
    a geometric sum sum_{t<L} t^k e^{sigma t} in closed form (Taylor series near sigma = 0), so no
    L x N matrix is formed; the right-hand sides z = sum_t h[t] p^t are two-level sums
@@ -899,6 +901,30 @@ def _source_start(h: Tensor, source: Tensor, order: int, length: int) -> Tensor:
     return torch.log(_select_modes(h, cand, valid, order, length))  # (C, N)
 
 
+def _exact_source(h: Tensor, source: Tensor, source_res: Tensor, order: int, float32: bool
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """A source realization of M <= N modes as an N-mode fit: its own poles and residues, then
+    N - M filler modes (`_pad_poles`) of zero residue; rounded to complex64 with float32 (exact
+    for a source stored in float32 or narrower). Poles outside [_R_MIN, _R_MAX] are stabilized
+    (then it is no longer exact, which its error shows); the others are kept bit for bit.
+
+    Args:
+        h: (C, L) float64; source, source_res: (C, M) complex128 with h = Re sum R p^t.
+    Returns:
+        poles, residues (C, N) complex128 and the direct error ||h - h_hat|| (C,).
+    """
+    c, m = source.shape
+    mag = source.abs()  # (C, M)
+    inside = (mag >= _R_MIN) & (mag <= _R_MAX)  # (C, M)
+    poles = torch.cat([torch.where(inside, source, _stabilize(source)),
+                       _pad_poles(c, order - m, h.device)], 1)  # (C, N)
+    res = torch.cat([source_res, source_res.new_zeros(c, order - m)], 1)  # (C, N)
+    if float32:
+        poles = poles.to(torch.complex64).to(torch.complex128)
+        res = res.to(torch.complex64).to(torch.complex128)
+    return poles, res, _abs_error(h, poles, res)
+
+
 def _coarse_start(h: Tensor, order: int, seed: int, refine_iters: int) -> Tensor:
     """Log-poles (C, N) for a kernel longer than the ERA window, from the whole of it:
     h[D s] = Re sum R (p^D)^s is modal in the poles q = p^D, so the decimated kernel (every
@@ -913,13 +939,21 @@ def _coarse_start(h: Tensor, order: int, seed: int, refine_iters: int) -> Tensor
 
 def _fit_chunk(
     h: Tensor, order: int, seed: int, refine_iters: int, float32: bool,
-    source: Tensor | None = None,
+    source: Tensor | None = None, source_res: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fit one chunk of channels. h (C, L) float64 on the device -> poles, residues (C, N) and
     the direct error ||h - h_hat|| (C,) of exactly those parameters.
-    ``source`` (C, M): poles of an exact modal realization of h, one more start."""
+    ``source`` (C, M): poles of an exact modal realization of h, one more start; with its
+    residues ``source_res`` (C, M) and M <= N, the realization itself is a candidate
+    (`_exact_source`), and where it is at the normal equations' resolution (_FROZEN_REL) on
+    every channel of the chunk it is the fit: no start or refinement could improve on it."""
     length = h.shape[-1]
     w = min(length, _REFINE_WINDOW)
+    exact = None
+    if source is not None and source_res is not None and source.shape[1] <= order:
+        exact = _exact_source(h, source, source_res, order, float32)
+        if bool((_relative(exact[2], h) <= _FROZEN_REL).all()):
+            return _f32_guard(h, *exact) if float32 else exact
     ranks = [2 * order] + [a * order + b for (a, b), _, _ in (_RESTARTS if refine_iters > 0 else ())]
     # One Hankel SVD for every ERA start (the restarts' ranks are leading columns of it).
     basis = _era_basis(h[:, : min(length, _ERA_WINDOW)], order, max(ranks), seed)  # (C, m, r)
@@ -934,6 +968,8 @@ def _fit_chunk(
         # poorly), a modal-truncation start otherwise.
         s1 = _source_start(h, source, order, w)  # (C, N)
         best = _keep_better(best, _finish(h, _refine(h, s1, w, refine_iters), float32))
+    if exact is not None:
+        best = _keep_better(best, exact)
     if length > _ERA_WINDOW and refine_iters > 0:
         # Past the ERA window the starts above never see the kernel's tail: a fit of the
         # decimated kernel does. It is scored as it is: refining it again costs a second LM
@@ -1422,14 +1458,15 @@ def _distinct_rows(h: Tensor) -> tuple[Tensor, Tensor] | None:
 
 def _fit_chunk_job(
     h: np.ndarray, order: int, seed: int, refine_iters: int, float32: bool,
-    source: np.ndarray | None, device: str,
+    source: np.ndarray | None, source_res: np.ndarray | None, device: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_fit_chunk` on arrays, for a worker process: (C, L) float64 kernels (and (C, M) source
-    poles) in, poles and residues (C, N) complex128 and the direct error (C,) out."""
+    poles and residues) in, poles and residues (C, N) complex128 and the direct error (C,) out."""
     dev = torch.device(device)
     hc = torch.from_numpy(h).to(dev)  # (C, L)
-    src = None if source is None else torch.from_numpy(source).to(dev)  # (C, M)
-    poles, res, err = _fit_chunk(hc, order, seed, refine_iters, float32, src)
+    src, src_res = (None if x is None else torch.from_numpy(x).to(dev)
+                    for x in (source, source_res))  # (C, M) each
+    poles, res, err = _fit_chunk(hc, order, seed, refine_iters, float32, src, src_res)
     return poles.cpu().numpy(), res.cpu().numpy(), err.cpu().numpy()
 
 
@@ -1443,6 +1480,7 @@ def fit_modal(
     progress: Callable[[int, int], None] | None = None,
     float32: bool = True,
     source: Tensor | None = None,
+    source_residues: Tensor | None = None,
     workers: int | None = None,
 ) -> FitResult:
     """Fit every channel of h with an `order`-mode modal kernel (ERA + variable-projection LM).
@@ -1465,6 +1503,11 @@ def fit_modal(
         source: (C, M) complex poles of an exact modal realization h = Re sum R p^t (an
             SSM-parameterised layer, see ``Materializer.modes``): one more start per channel,
             kept where it scores better.
+        source_residues: (C, M) complex residues of that realization. With M <= N the
+            realization itself, padded with zero-residue modes, is a candidate; a chunk of
+            channels that it reproduces to the normal equations' resolution (relative error
+            <= 1e-7, e.g. a layer that already is an M-mode diagonal SSM stored in float32)
+            keeps it as its fit without ERA or refinement.
         workers: None or 1 = fit here, with one torch thread (numerics.parallel.one_thread;
             the caller's count is restored after); 0 = one worker process per core
             (os.sched_getaffinity); n >= 2 = n worker processes with one torch thread each,
@@ -1472,7 +1515,8 @@ def fit_modal(
             and N alone), so the results do not depend on it: bit for bit the same.
     Returns:
         FitResult with poles/residues (C, N) complex128, rel_l2 (C,) of exactly these
-        parameters (computed directly in float64), method "era+vp-lm".
+        parameters (computed directly in float64), method "era+vp-lm", or "source
+        realization" where every channel's fit is the source's own (``source_residues``).
     Raises:
         LcdError: bad kernel tensor, order out of range, bad worker count, or workers > 1 on a
             non-CPU device.
@@ -1482,6 +1526,9 @@ def fit_modal(
     _check_order(order, length)
     if source is not None and (source.ndim != 2 or source.shape[0] != c):
         raise LcdError(f"source poles must be ({c}, M), got {tuple(source.shape)}")
+    if source_residues is not None and (source is None or source_residues.shape != source.shape):
+        want = "given with the source poles" if source is None else f"{tuple(source.shape)}"
+        raise LcdError(f"source residues must be {want}, got {tuple(source_residues.shape)}")
     count = resolve_workers(workers)
     dev = torch.device(device) if device is not None else h.device
     if count > 1 and dev.type != "cpu":
@@ -1492,22 +1539,27 @@ def fit_modal(
         first, inverse = rows
         sub = fit_modal(h[first], order, device=device, seed=seed, refine_iters=refine_iters,
                         progress=progress, float32=float32,
-                        source=None if source is None else source[first], workers=workers)
+                        source=None if source is None else source[first],
+                        source_residues=None if source_residues is None else source_residues[first],
+                        workers=workers)
         return FitResult(poles=sub.poles[inverse], residues=sub.residues[inverse],
                          rel_l2=sub.rel_l2[inverse], method=sub.method, order=order)
     step = _channel_chunk(c, order) if c else 1
     bounds = [(start, min(start + step, c)) for start in range(0, c, step)]
     if count > 1:
         h_cpu = h.cpu()
-        src_cpu = None if source is None else source.to("cpu", torch.complex128)  # (C, M)
+        src_cpu = [None if x is None else x.to("cpu", torch.complex128)
+                   for x in (source, source_residues)]  # (C, M) each
         jobs = [(h_cpu[a:b].numpy(), order, seed, refine_iters, float32,
-                 None if src_cpu is None else src_cpu[a:b].numpy(), "cpu") for a, b in bounds]
+                 *(None if x is None else x[a:b].numpy() for x in src_cpu), "cpu")
+                for a, b in bounds]
         fn: Callable[..., tuple] = _fit_chunk_job
     else:
         h_dev = h.to(dev)
-        src_dev = None if source is None else source.to(dev, torch.complex128)  # (C, M)
+        src_dev = [None if x is None else x.to(dev, torch.complex128)
+                   for x in (source, source_residues)]  # (C, M) each
         jobs = [(h_dev[a:b], order, seed, refine_iters, float32,
-                 None if src_dev is None else src_dev[a:b]) for a, b in bounds]
+                 *(None if x is None else x[a:b] for x in src_dev)) for a, b in bounds]
         fn = _fit_chunk
     done = [0]
 
@@ -1523,7 +1575,25 @@ def fit_modal(
     residues = torch.cat([as_t(r[1]) for r in results]) if results else torch.empty_like(poles)
     err = torch.cat([as_t(r[2]) for r in results]) if results else torch.empty(0, dtype=torch.float64)
     rel = _relative(err, h.cpu())  # (C,) relative to the layer's largest channel norm
-    return FitResult(poles=poles, residues=residues, rel_l2=rel, method="era+vp-lm", order=order)
+    method = "era+vp-lm"
+    if source is not None and source_residues is not None and _is_realization(
+            poles, residues, source, source_residues, float32):
+        method = "source realization"
+    return FitResult(poles=poles, residues=residues, rel_l2=rel, method=method, order=order)
+
+
+def _is_realization(poles: Tensor, residues: Tensor, source: Tensor, source_res: Tensor,
+                    float32: bool) -> bool:
+    """Whether a fit (C, N) is the source realization (C, M <= N) itself on every channel (as
+    stored: rounded to complex64 with float32), padded with zero-residue modes."""
+    m = source.shape[1]
+    if m > poles.shape[1] or poles.shape[0] == 0:
+        return False
+    src, src_res = (x.to("cpu", torch.complex128) for x in (source, source_res))  # (C, M)
+    if float32:
+        src, src_res = (x.to(torch.complex64).to(torch.complex128) for x in (src, src_res))
+    return (torch.equal(poles[:, :m], src) and torch.equal(residues[:, :m], src_res)
+            and bool((residues[:, m:] == 0).all()))
 
 
 def fit_modal_to_tolerance(
