@@ -300,12 +300,6 @@ def source_realization(ckpt: Checkpoint, layer: Layer
     return _materializer(layer.config).modes(LayerView(ckpt, layer), layer.config.options)
 
 
-def source_modes(ckpt: Checkpoint, layer: Layer) -> torch.Tensor | None:
-    """Poles (C, M) of the layer's own diagonal realization (`source_realization`), or None."""
-    modes = source_realization(ckpt, layer)
-    return None if modes is None else modes[0]
-
-
 def materialize(ckpt: Checkpoint, layer: Layer, channels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's kernel h (C, L) float64 and skip term D (C,) float64 (None if absent);
