@@ -161,3 +161,26 @@ def test_two_sided_f32_evaluation_on_workers_is_the_one_pass(
         rel = torch.maximum(metrics.relative_l2(ref, ev[0]), metrics.relative_l2(ref, ev[1]))
         assert two["halves"][name]["max"] == pytest.approx(float(rel.max()), rel=1e-5)
         assert two["halves"][name]["median"] == pytest.approx(float(rel.quantile(0.5)), rel=1e-5)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=["L63", "L1000"])
+@pytest.mark.parametrize("chunk", [50, 4096], ids=["chunk50", "chunk4096"])
+def test_exp_kernel_channel_blocks_equal_one_pass(monkeypatch: pytest.MonkeyPatch,
+                                                  length: int, chunk: int) -> None:
+    """exp_kernel_c64 in cache blocks of one channel or a few gives, bit for bit, one block of
+    all channels at the same time chunks (every value depends on its own channel; the chunks
+    themselves do move the vector loops' scalar remainders, so they stay fixed here)."""
+    import lcd_cli.numerics.metrics as metrics
+    from lcd_cli.numerics.metrics import exp_kernel_c64
+
+    g = torch.Generator().manual_seed(7)
+    p = torch.polar(0.5 + 0.499 * torch.rand(7, 3, generator=g),
+                    math.pi * torch.rand(7, 3, generator=g)).to(torch.complex64)
+    p[2, 1] = 0  # the two-sided kind's padding pole: 0^0 = 1
+    r = torch.randn(7, 3, generator=g, dtype=torch.complex64)
+    monkeypatch.setattr(metrics, "_F32_CHUNK", chunk)
+    monkeypatch.setattr(metrics, "_CACHE_ELEMENTS", 1 << 40)
+    one = exp_kernel_c64(p, r, length)  # (C, L): one block of channels
+    for cache in (1, 3 * 3 * chunk):  # blocks of 1 channel; of 3, 3 and 1
+        monkeypatch.setattr(metrics, "_CACHE_ELEMENTS", cache)
+        assert torch.equal(exp_kernel_c64(p, r, length), one)

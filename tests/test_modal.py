@@ -54,10 +54,12 @@ def test_modal_kernel_float32_pairs() -> None:
 
 @pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
 @pytest.mark.parametrize("budget", [1, 1 << 25], ids=["block1", "one_block"])
-def test_kernel_errors_match_a_naive_reference(monkeypatch, length: int, budget: int) -> None:
-    """The report's error statistics, in channel blocks (down to one channel), against a naive
-    float64 evaluation: the loop kernel, its errors, and the DFT of the error on the same
-    >= 2L points (numpy)."""
+@pytest.mark.parametrize("cache", [1, 3 * 1024, 1 << 30], ids=["cache1", "cache3", "one_pass"])
+def test_kernel_errors_match_a_naive_reference(monkeypatch, length: int, budget: int,
+                                               cache: int) -> None:
+    """The report's error statistics, in channel blocks (down to one channel) and cache blocks
+    inside them (one channel, a few, all), against a naive float64 evaluation: the loop kernel,
+    its errors, and the DFT of the error on the same >= 2L points (numpy)."""
     import numpy as np
 
     from lcd_cli.numerics import metrics
@@ -65,6 +67,7 @@ def test_kernel_errors_match_a_naive_reference(monkeypatch, length: int, budget:
     from tests.conftest import naive_modal
 
     monkeypatch.setattr(metrics, "_SCORE_BUDGET", budget)
+    monkeypatch.setattr(metrics, "_CACHE_ELEMENTS", cache)  # 1 or a few channels' spectra
     gen = torch.Generator().manual_seed(3)
     c, n = 5, 4
     poles = torch.polar(0.5 + 0.49 * torch.rand(c, n, generator=gen, dtype=torch.float64),
@@ -84,3 +87,59 @@ def test_kernel_errors_match_a_naive_reference(monkeypatch, length: int, budget:
     np.testing.assert_allclose(got["rel_l2_channels"], rel, rtol=1e-9, atol=1e-12)
     assert got["max_abs"] == pytest.approx(float(np.abs(diff).max()), rel=1e-9)
     assert got["hinf_rel"] == pytest.approx(float(hinf.max()), rel=1e-9)
+
+
+@pytest.mark.parametrize("length", [63, 1000], ids=lambda n: f"L{n}")
+def test_kernel_error_cache_blocks_give_the_same_bits(monkeypatch, length: int) -> None:
+    """Cache blocks of channels inside a scoring job change no bit of the report: every value
+    depends on its own channel only."""
+    from lcd_cli.numerics import metrics
+
+    gen = torch.Generator().manual_seed(4)
+    poles = torch.polar(0.5 + 0.49 * torch.rand(7, 3, generator=gen, dtype=torch.float64),
+                        3.0 * torch.rand(7, 3, generator=gen, dtype=torch.float64))
+    residues = torch.randn(7, 3, generator=gen, dtype=torch.complex128)
+    h = modal_kernel(poles, residues, length) + 1e-2 * torch.randn(7, length, generator=gen,
+                                                                    dtype=torch.float64)
+    one = metrics.kernel_errors(h, poles, residues, order=3)
+    for cache in (1, 2 * length):  # one channel per block; two or three (nfft ~ 2L)
+        monkeypatch.setattr(metrics, "_CACHE_ELEMENTS", cache)
+        assert metrics.kernel_errors(h, poles, residues, order=3) == one
+
+
+def test_floor_is_zero_without_svds_where_the_fit_reproduces_the_kernel(monkeypatch) -> None:
+    """Sampled channels whose fit is within _FLOOR_RESOLVED of the kernel get floor 0 and no
+    Hankel SVD (their floor, computed anyway, is rounding below that threshold); the others get
+    the floor they get alone, bit for bit; a NaN fit leaves its channel's floor to be computed."""
+    from lcd_cli.numerics import metrics
+    from lcd_cli.numerics.hankel import hankel_floor
+
+    gen = torch.Generator().manual_seed(6)
+    c, n, length = 12, 3, 300
+    poles = torch.polar(0.5 + 0.49 * torch.rand(c, n, generator=gen, dtype=torch.float64),
+                        3.0 * torch.rand(c, n, generator=gen, dtype=torch.float64))
+    residues = torch.randn(c, n, generator=gen, dtype=torch.complex128)
+    h = modal_kernel(poles, residues, length)  # (C, L): every fit below is exact ...
+    noisy = torch.tensor([1, 4, 5, 9, 11])
+    h[noisy] += 1e-3 * torch.randn(len(noisy), length, generator=gen, dtype=torch.float64)
+    residues[7, 0] = complex(float("nan"), 0.0)  # ... but these: noise, and a NaN fit
+    open_ = torch.tensor([1, 4, 5, 7, 9, 11])
+    seen: list[int] = []
+    real_floor = metrics.floors_over_shapes
+
+    def spy(block, orders):  # type: ignore[no-untyped-def]
+        seen.extend(int(i) for i in torch.nonzero((block[:, None] == h[None]).all(-1))[:, 1])
+        return real_floor(block, orders)
+
+    monkeypatch.setattr(metrics, "floors_over_shapes", spy)
+    stats, floors = metrics.kernel_errors_and_floors(h, poles, residues, order=n)
+    assert sorted(seen) == open_.tolist()  # SVDs for the open channels only
+    assert stats["floor_resolved"] == c - len(open_) and stats["floor_channels"] == c
+    assert stats["floor_exact"]
+    resolved = torch.ones(c, dtype=torch.bool)
+    resolved[open_] = False
+    assert torch.equal(floors[resolved], torch.zeros(int(resolved.sum()), dtype=torch.float64))
+    assert torch.equal(floors[open_], hankel_floor(h[open_], [n]).values[:, 0])  # one group
+    assert stats["floor"] == float(floors.quantile(0.5))
+    # What skipping loses: the resolved channels' floors, computed, are below the threshold.
+    assert float(hankel_floor(h[resolved], [n]).values.max()) <= metrics._FLOOR_RESOLVED

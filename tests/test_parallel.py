@@ -131,7 +131,8 @@ def test_scoring_with_workers_matches_one_block(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(metrics, "_PARALLEL_FLOOR_WORK", 0)  # a small layer, a costly floor
     floor_heavy = metrics.kernel_errors(h, fit.poles, fit.residues, order=3, workers=2)
     # the small layer scored in process, then by the two workers, for its size, then its floor
-    assert counts == [1, 2, 2]
+    # (errors, then the floors they leave open: two calls each)
+    assert counts == [1, 1, 2, 2, 2, 2]
     assert two == small == floor_heavy
     # The reference: one pass over all channels, the floor of all sampled channels at once.
     diff = h - modal_kernel(fit.poles, fit.residues, 300)  # (C, L)
@@ -161,7 +162,8 @@ def test_two_sided_scoring_on_workers_matches_the_halves_floors(
     here = two_sided_errors(k_fwd, k_rev, *halves, order=2, workers=2)
     monkeypatch.setattr(metrics, "_PARALLEL_SCORE_WORDS", 0)
     two = two_sided_errors(k_fwd, k_rev, *halves, order=2, workers=2)
-    assert scoring_worker_counts == [1, 1, 2, 2]  # one scoring per half, then on the workers
+    # one scoring per half (errors, then floors), then on the workers
+    assert scoring_worker_counts == [1, 1, 1, 1, 2, 2, 2, 2]
     assert two == here
     idx = metrics.sample_channels(80, metrics.FLOOR_CHANNELS)  # (S,)
     ff, fr = (hankel_floor(k[idx], [2]).values[:, 0] for k in (k_fwd, k_rev))  # (S,) each

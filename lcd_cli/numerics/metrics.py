@@ -8,7 +8,9 @@ Dimensions: C channels, N modes, L kernel length.
                engines do (exp(t log p), and the recurrence); see rel_l2_f32eval
   rel_l2_channels = rel_l2[c] for every channel, in channel order (the report keeps the worst)
   floor      = median over sampled channels of the Eckart-Young lower bound on rel_l2 at order N
-               (the tightest over several Hankel shapes; rigorous when every SVD is dense)
+               (the tightest over several Hankel shapes; rigorous when every SVD is dense);
+               0 without any SVD on a channel whose rel_l2 <= _FLOOR_RESOLVED (counted in
+               floor_resolved): a fit that close leaves nothing for a floor to bound
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from lcd_cli.numerics.parallel import resolve_workers, run_jobs
 
 FLOOR_CHANNELS = 64  # channels sampled (evenly) for the Hankel floor
 _F32_CHUNK = 4096  # time steps per block of the complex64 exp(t log p) evaluation
-_REC_BUDGET = 1 << 22  # complex64 states of one block of the recurrence (32 MiB)
+# Elements of one block of the scoring's elementwise passes: the (Cb, N, l) complex64 terms of
+# the exp(t log p) evaluation and the (Cb, nfft / 2 + 1) spectra of the errors (4-8 MiB, in the
+# last-level cache). Blocks of channels give the same bits as one pass (every value depends on
+# its own channel only) and are 2-3.6x faster than one (C, ...) pass at C = 1024, L = 8192
+# (exp path 5.1 -> 1.4 s, errors 2.4 -> 0.8 s, one thread, 2-core EPYC guest).
+_CACHE_ELEMENTS = 1 << 19
+# complex64 states of one block of the recurrence (2 MiB, in cache: 5x faster than 32 MiB
+# blocks at 1024 channels x 8 modes, the same bits)
+_REC_BUDGET = 1 << 18
 _SCORE_BUDGET = 1 << 25  # float64 words of one channel block of kernel_errors (256 MiB)
 _FLOOR_GROUP = 8  # sampled channels per job of the Hankel floor
 # Layers of at least this many float64 samples are scored by the worker processes (16 M: e.g.
@@ -37,11 +47,21 @@ _PARALLEL_SCORE_WORDS = 1 << 24
 # work (`hankel.floor_work`, ~3 s on one core here: e.g. L >= 2000 at N = 16; L = 1000 is 1.3e10).
 _PARALLEL_FLOOR_WORK = 1 << 34
 # ... and so is the complex64 evaluation of the stored parameters where it computes at least
-# this many (channel, step, mode) terms (~1.1e-7 s each here: 3.7 s for 256 channels x 8192
-# steps x 16 modes; a 4096-channel layer at L = 8192 would take a minute on one core), in jobs
-# of _F32_BLOCK channels.
+# this many (channel, step, mode) terms (3.7 s for 256 channels x 8192 steps x 16 modes here).
 _PARALLEL_F32_TERMS = 1 << 25
-_F32_BLOCK = 64
+# Its jobs hold at most _F32_BLOCK channels and _F32_JOB_WORDS samples (64 MiB per float64
+# copy of the window). Large jobs, because the recurrence takes one Python step per sample for
+# the whole job, ~10-20 us whatever its width: jobs of 64 channels spent 9 s of one core on the
+# steps alone for a 4096-channel layer at L = 8192, jobs of 1024 channels 0.4 s.
+_F32_BLOCK = 2048
+_F32_JOB_WORDS = 1 << 23
+# A sampled channel whose fit is within this relative error of its kernel gets floor 0 without
+# its Hankel SVDs: the floor bounds every N-mode fit from below, this one's error included, so
+# it lies in [0, rel_l2] there, under the SVDs' own rounding (~1e-14 relative) give or take a
+# factor of 100. The case is a source that is its own fit (a StripedHyena / Evo 1 layer at
+# N >= its modes scores rel_l2 0), where the floor was 14 s of one core per layer at Evo-1
+# width and the fit 1 s.
+_FLOOR_RESOLVED = 1e-12
 
 
 def relative_l2(h: Tensor, h_hat: Tensor) -> Tensor:
@@ -78,9 +98,10 @@ def _heavy(h: Tensor, order: int, words: int) -> bool:
             or sampled * floor_work(h.shape[1], [order]) >= _PARALLEL_FLOOR_WORK)
 
 
-def _floor_jobs(h: Tensor, order: int) -> list[tuple[Any, ...]]:
-    """`_score_job`s of the floor: the sampled channels in groups of _FLOOR_GROUP."""
-    idx = sample_channels(h.shape[0], FLOOR_CHANNELS)  # (S,)
+def _floor_jobs(h: Tensor, order: int, idx: Tensor | None = None) -> list[tuple[Any, ...]]:
+    """`_score_job`s of the floor: the channels ``idx`` (default: the sampled ones) in groups of
+    _FLOOR_GROUP."""
+    idx = sample_channels(h.shape[0], FLOOR_CHANNELS) if idx is None else idx  # (S,)
     return [("floor", h[idx[i : i + _FLOOR_GROUP]], order)
             for i in range(0, idx.numel(), _FLOOR_GROUP)]
 
@@ -109,12 +130,19 @@ def _score_job(what: str, h: Tensor | np.ndarray, *args: Any) -> Any:
         floor = floors_over_shapes(h, [order])
         return floor.values[:, 0].cpu(), floor.rigorous
     poles, residues, nfft = (torch.as_tensor(args[0]), torch.as_tensor(args[1]), args[2])
-    diff = h - modal_kernel(poles, residues, h.shape[1])  # (Cb, L)
-    H = torch.fft.rfft(h, n=nfft).abs().amax(-1)  # (Cb,)
-    E = torch.fft.rfft(diff, n=nfft).abs().amax(-1)  # (Cb,)
-    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
-    return (torch.linalg.vector_norm(diff, dim=-1).cpu(), (E / H.clamp_min(1e-300)).cpu(),
-            max_abs)
+    step = max(1, _CACHE_ELEMENTS // (nfft // 2 + 1))  # channels whose spectra stay in cache
+    norms, ratios, max_abs = [], [], 0.0
+    for i in range(0, h.shape[0], step):
+        part = h[i : i + step]  # (Cs, L)
+        diff = part - modal_kernel(poles[i : i + step], residues[i : i + step], h.shape[1])
+        H = torch.fft.rfft(part, n=nfft).abs().amax(-1)  # (Cs,)
+        E = torch.fft.rfft(diff, n=nfft).abs().amax(-1)  # (Cs,)
+        norms.append(torch.linalg.vector_norm(diff, dim=-1).cpu())  # (Cs,)
+        ratios.append((E / H.clamp_min(1e-300)).cpu())  # (Cs,)
+        max_abs = max(max_abs, float(diff.abs().max()) if diff.numel() else 0.0)
+    if not norms:  # no channels
+        return h.new_zeros(0).cpu(), h.new_zeros(0).cpu(), 0.0
+    return torch.cat(norms), torch.cat(ratios), max_abs
 
 
 def _score_jobs(jobs: list[tuple[Any, ...]], workers: int | None, heavy: bool) -> list[Any]:
@@ -151,12 +179,20 @@ def kernel_errors_and_floors(h: Tensor, poles: Tensor, residues: Tensor, *, orde
     step = max(1, _SCORE_BUDGET // max(1, 2 * nfft))  # channels per block
     blocks = [slice(i, i + step) for i in range(0, c, step)]
     jobs = [("errors", h[b], poles[b], residues[b], nfft) for b in blocks]
-    out = _score_jobs(jobs + _floor_jobs(h, order), workers, _heavy(h, order, h.numel()))
-    errors, floors = out[: len(blocks)], out[len(blocks) :]
+    heavy = _heavy(h, order, h.numel())
+    errors = _score_jobs(jobs, workers, heavy)
     dnorm = torch.cat([e[0] for e in errors]).to(h.device)  # (C,) ||h - h_hat||
     hinf = torch.cat([e[1] for e in errors])  # (C,)
     max_abs = max(e[2] for e in errors)
     rel = relative_to_norm(dnorm, h)  # (C,)
+    idx = sample_channels(c, FLOOR_CHANNELS)  # (S,)
+    open_ = (~(rel[idx] <= _FLOOR_RESOLVED)).cpu()  # (S,) not settled by the fit (NaN: open)
+    jobs = _floor_jobs(h, order, idx[open_])
+    computed = _score_jobs(jobs, workers, heavy) if jobs else []
+    values = torch.zeros(idx.numel(), dtype=torch.float64)  # (S,) 0 where resolved
+    if computed:
+        values[open_] = torch.cat([v for v, _ in computed]).to(torch.float64)
+    floors = [(values, all(r for _, r in computed))]
     floor, exact, sampled = _floor_summary(floors)
     stats = {
         "rel_l2": {"median": float(rel.quantile(0.5)), "mean": float(rel.mean()),
@@ -166,10 +202,11 @@ def kernel_errors_and_floors(h: Tensor, poles: Tensor, residues: Tensor, *, orde
         "floor": floor,
         "floor_exact": exact,
         "floor_channels": sampled,
+        "floor_resolved": int(idx.numel() - int(open_.sum())),  # of them, by rel_l2 alone
         "max_pole_abs": float(poles.abs().max()),
         "rel_l2_channels": rel.tolist(),  # (C,) per channel, appended last
     }
-    return stats, torch.cat([v for v, _ in floors])
+    return stats, values
 
 
 # ---- float32-faithful scoring: the stored parameters as an engine evaluates them --------------
@@ -194,17 +231,21 @@ def exp_kernel_c64(p: Tensor, r: Tensor, length: int) -> Tensor:
     h = torch.empty(p.shape[0], length, dtype=torch.float32, device=p.device)  # (C, L)
     log_p = torch.log(p)  # (C, N) complex64
     zero = (p == 0)[..., None]  # (C, N, 1)
-    for start in range(0, length, _F32_CHUNK):  # bounded (C, N, chunk) temporaries
-        tt = t[start : start + _F32_CHUNK]  # (l,)
-        arg = log_p[..., None] * tt  # (C, N, l) complex64 t log p
-        # exp(a + ib) = e^a (cos b + i sin b) from float32 exp, cos and sin: the rounding of a
-        # complex64 exp (an engine's libm differs from torch's CPU one anyway), 3.8x faster on
-        # CPU than torch's complex64 exp, which is not vectorized.
-        powers = torch.polar(torch.exp(arg.real), arg.imag)  # (C, N, l) complex64
-        if bool(zero.any()):
-            powers = torch.where(zero, (tt == 0).to(powers.dtype), powers)
-        terms = r[..., None] * powers  # (C, N, l) complex64
-        h[:, start : start + tt.numel()] = terms.real.sum(1)  # (C, l)
+    chunk = max(1, min(length, _F32_CHUNK))
+    rows = max(1, _CACHE_ELEMENTS // max(1, p.shape[1] * chunk))  # channels per block
+    for c0 in range(0, p.shape[0], rows):  # bounded (Cb, N, chunk) temporaries
+        lp, rr, zz = log_p[c0 : c0 + rows], r[c0 : c0 + rows], zero[c0 : c0 + rows]
+        for start in range(0, length, chunk):
+            tt = t[start : start + chunk]  # (l,)
+            arg = lp[..., None] * tt  # (Cb, N, l) complex64 t log p
+            # exp(a + ib) = e^a (cos b + i sin b) from float32 exp, cos and sin: the rounding of
+            # a complex64 exp (an engine's libm differs from torch's CPU one anyway), 3.8x
+            # faster on CPU than torch's complex64 exp, which is not vectorized.
+            powers = torch.polar(torch.exp(arg.real), arg.imag)  # (Cb, N, l) complex64
+            if bool(zz.any()):
+                powers = torch.where(zz, (tt == 0).to(powers.dtype), powers)
+            terms = rr[..., None] * powers  # (Cb, N, l) complex64
+            h[c0 : c0 + rows, start : start + tt.numel()] = terms.real.sum(1)  # (Cb, l)
     return h
 
 
@@ -239,10 +280,10 @@ def f32eval_errors(h: Tensor, poles_pairs: Tensor, residues_pairs: Tensor,
                    workers: int | None = None) -> Tensor:
     """(2, C) float64 ||h - h_c64|| per channel of the stored float32 parameters evaluated in
     complex64 (:func:`f32_kernels`): row 0 the exp(t log p) path, row 1 the recurrence.
-    Channels go in jobs of _F32_BLOCK, shared by ``workers`` processes where the evaluation is
-    large (_PARALLEL_F32_TERMS); the blocks are fixed, so the result is the same for any worker
-    count."""
-    step = _F32_BLOCK
+    Channels go in jobs of at most _F32_BLOCK channels and _F32_JOB_WORDS samples, shared by
+    ``workers`` processes where the evaluation is large (_PARALLEL_F32_TERMS); the blocks are
+    fixed, so the result is the same for any worker count."""
+    step = max(1, min(_F32_BLOCK, _F32_JOB_WORDS // max(1, h.shape[1])))  # channels per job
     jobs = [("f32eval", h[i : i + step], poles_pairs[i : i + step], residues_pairs[i : i + step])
             for i in range(0, h.shape[0], step)]
     heavy = h.numel() * poles_pairs.shape[1] >= _PARALLEL_F32_TERMS
