@@ -51,9 +51,9 @@ _PARALLEL_FLOOR_WORK = 1 << 34
 _PARALLEL_F32_TERMS = 1 << 25
 # Its jobs hold at most _F32_BLOCK channels and _F32_JOB_WORDS samples (64 MiB per float64
 # copy of the window). Large jobs, because the recurrence takes one Python step per sample for
-# the whole job, ~10-20 us whatever its width: jobs of 64 channels spent 9 s of one core on the
-# steps alone for a 4096-channel layer at L = 8192, jobs of 1024 channels 0.4 s.
-_F32_BLOCK = 2048
+# the whole job, ~10-20 us whatever its width: a 4096-channel layer at L = 8192, N = 8 took
+# 13.1 s on one core (8.9 s on 2 workers) in jobs of 64 channels, 8.2 s (4.3 s) in jobs of 512.
+_F32_BLOCK = 512
 _F32_JOB_WORDS = 1 << 23
 # A sampled channel whose fit is within this relative error of its kernel gets floor 0 without
 # its Hankel SVDs: the floor bounds every N-mode fit from below, this one's error included, so
