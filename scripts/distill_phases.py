@@ -69,7 +69,8 @@ def main() -> None:
              ("n_blocks" if args.example == "stripedhyena" else "n_layers"): args.blocks}
     if args.example == "hyenadna" and args.length:
         sizes["l_max"] = args.length
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+    print(f"# {platform.processor() or platform.machine()} "
+          f"({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}; {args.example} {sizes}, "
           f"N = {args.order}, --workers {args.workers or 'default'}")
     with tempfile.TemporaryDirectory() as tmp_name:
