@@ -6,23 +6,41 @@ bytes, in key order) plus the recorded orders. One torch thread: the thread coun
 rounding. Metadata that legitimately changes with lcd's version (configs echoed, option
 sources) is left out, so the digest says "same tensors, same bytes".
 
-    python scripts/golden_outputs.py            # print the digests
-    python scripts/golden_outputs.py --write    # rewrite tests/data/golden_outputs.json
+The bytes also depend on the machine's numerical libraries: MKL takes other code paths on
+Intel and AMD processors (no MKL_CBWR branch reproduces one on the other), and torch picks its
+kernels by instruction set. So the golden file records the digests of every machine kind they
+were checked on ("environments"), all of them outputs of the same code: the *golden revision*,
+the last commit that wrote the file. A machine that matches no recorded environment rebuilds the
+golden revision's outputs itself (`git archive` of that commit into a temporary folder) and
+compares bytes on the spot.
+
+    python scripts/golden_outputs.py              # this machine's digests, and what they match
+    python scripts/golden_outputs.py --reference  # the golden revision's digests, built here
+    python scripts/golden_outputs.py --add        # record this machine kind (checked against
+                                                  #   --reference first)
+    python scripts/golden_outputs.py --write      # a fitter change: this machine's digests
+                                                  #   become the only environment
+
+Use `--write` only when a change is *meant* to alter fitted values (a fitter change), and say
+so in the commit; then `--add` on the other machine kinds once it is committed.
+`tests/test_golden.py` fails on any other difference.
 
 The digests are of torch's AVX2 CPU kernels (ATEN_CPU_CAPABILITY=avx2, set here), so that they
 hold on AVX512 machines too.
-
-Rewrite the file only when a change is *meant* to alter fitted values (a fitter change), and
-say so in the commit; `tests/test_golden.py` fails on any other difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
+import platform
+import re
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -131,11 +149,120 @@ def all_digests() -> dict[str, str]:
     return digests
 
 
+# ---- recorded environments and the golden revision ---------------------------------------------
+
+Digests = dict[str, str]
+REFERENCE_TIMEOUT_S = 1200  # the golden revision's whole run, as the test's own run
+
+
+class ReferenceUnavailable(Exception):
+    """The golden revision cannot be rebuilt here (no git, a shallow clone, an edited file)."""
+
+
+def machine_label() -> str:
+    """CPU vendor and model, torch and MKL versions: what an environment's digests came from."""
+    cpu: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            cpu.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    vendor = cpu.get("vendor_id") or platform.machine()
+    model = cpu.get("model name") or platform.processor() or "unknown CPU"
+    mkl = next((line.strip(" -") for line in torch.__config__.show().splitlines()
+                if "Math Kernel Library" in line), "no MKL")
+    mkl = re.sub(r".*Library Version (\S+).*", r"MKL \1", mkl)
+    return f"{model} ({vendor}), torch {torch.__version__}, {mkl}"
+
+
+def environments() -> list[dict]:
+    """The recorded environments: [{"machine": label, "digests": {case id: sha256}}]."""
+    return json.loads(GOLDEN.read_text())["environments"]
+
+
+def matching_environment(digests: Digests, envs: list[dict]) -> dict | None:
+    """The recorded environment whose digests equal these on every case, if any."""
+    return next((env for env in envs if env["digests"] == digests), None)
+
+
+def nearest_environment(digests: Digests, envs: list[dict]) -> dict:
+    """The recorded environment that agrees with these digests on the most cases."""
+    return max(envs, key=lambda env: sum(env["digests"].get(k) == v for k, v in digests.items()))
+
+
+def _git(*args: str) -> str:
+    run = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                         check=False)
+    if run.returncode != 0:
+        raise ReferenceUnavailable(f"git {' '.join(args)}: {run.stderr.strip() or 'failed'}")
+    return run.stdout
+
+
+def golden_revision() -> str:
+    """The last commit that wrote the golden file, whose code made every recorded digest."""
+    try:
+        rev = _git("log", "-1", "--format=%H", "--", str(GOLDEN.relative_to(ROOT))).strip()
+    except FileNotFoundError as exc:  # no git program
+        raise ReferenceUnavailable("git is not installed") from exc
+    if not rev:
+        raise ReferenceUnavailable(f"no commit in this checkout's history wrote {GOLDEN.name}")
+    if _git("show", f"{rev}:{GOLDEN.relative_to(ROOT)}") != GOLDEN.read_text():
+        raise ReferenceUnavailable(f"{GOLDEN.name} has changes not committed since {rev[:10]}")
+    return rev
+
+
+def reference_digests() -> Digests:
+    """The golden revision's digests on this machine: its lcd_cli and this script, extracted
+    with `git archive` into a temporary folder (the checkout is not touched) and run there in a
+    fresh interpreter with torch's AVX2 kernels and one thread, as `--json` runs here."""
+    rev = golden_revision()
+    with tempfile.TemporaryDirectory(prefix="lcd-golden-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev,
+                                  "lcd_cli", "scripts/golden_outputs.py"],
+                                 capture_output=True, check=False)
+        if archive.returncode != 0:
+            raise ReferenceUnavailable(f"git archive {rev[:10]}: "
+                                       f"{archive.stderr.decode(errors='replace').strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse odd members
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)  # our own repository's commit
+        env = os.environ | {"PYTHONPATH": tmp, "ATEN_CPU_CAPABILITY": CAPABILITY.lower(),
+                            "OMP_NUM_THREADS": "1"}
+        run = subprocess.run([sys.executable, str(Path(tmp) / "scripts" / "golden_outputs.py")],
+                             cwd=tmp, env=env, capture_output=True, text=True,
+                             timeout=REFERENCE_TIMEOUT_S, check=False)
+    if run.returncode != 0:
+        raise ReferenceUnavailable(f"the golden revision {rev[:10]} failed here:\n"
+                                   f"{run.stderr[-2000:]}")
+    # "<sha256>  <case id>" lines, the script's output format at every golden revision
+    return dict(reversed(line.split("  ", 1)) for line in run.stdout.splitlines()
+                if re.fullmatch(r"[0-9a-f]{64}  .+", line))
+
+
+def _write_golden(envs: list[dict]) -> None:
+    """Replace the golden file atomically (a temporary file beside it, then a rename)."""
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    tmp = GOLDEN.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"environments": envs}, indent=2) + "\n")
+    os.replace(tmp, GOLDEN)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help=f"rewrite {GOLDEN}")
-    parser.add_argument("--json", action="store_true",
-                        help="print {capability, digests} as JSON only (tests/test_golden.py)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true",
+                      help=f"a fitter change: this machine's digests become {GOLDEN.name}'s only "
+                           "environment")
+    mode.add_argument("--add", action="store_true",
+                      help="record this machine kind's digests, once they equal the golden "
+                           "revision's outputs built here")
+    mode.add_argument("--reference", action="store_true",
+                      help="print the golden revision's digests, built on this machine")
+    mode.add_argument("--json", action="store_true",
+                      help="print {capability, digests} as JSON only (tests/test_golden.py)")
     args = parser.parse_args()
     capability = torch.backends.cpu.get_cpu_capability()
     if args.json:
@@ -145,15 +272,38 @@ def main() -> int:
         print(f"torch runs its {capability} kernels here (ATEN_CPU_CAPABILITY="
               f"{os.environ.get('ATEN_CPU_CAPABILITY')!r}); the digests are those of {CAPABILITY}'s",
               file=sys.stderr)
-        if args.write:
+        if args.write or args.add:
             return 1
-    digests = all_digests()
+    try:
+        digests = reference_digests() if args.reference else all_digests()
+    except ReferenceUnavailable as exc:
+        print(f"golden_outputs: {exc}", file=sys.stderr)
+        return 1
     for name, value in digests.items():
         print(f"{value}  {name}")
+    label = machine_label()
     if args.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(digests, indent=2) + "\n")
-        print(f"wrote {GOLDEN}", file=sys.stderr)
+        _write_golden([{"machine": label, "digests": digests}])
+        print(f"wrote {GOLDEN} (one environment: {label})", file=sys.stderr)
+        return 0
+    envs = environments()
+    match = matching_environment(digests, envs)
+    print(f"matches the digests recorded for {match['machine']}" if match else
+          "matches no recorded environment", file=sys.stderr)
+    if not args.add or match:
+        return 0
+    try:
+        reference = reference_digests()
+    except ReferenceUnavailable as exc:
+        print(f"golden_outputs: not added: {exc}", file=sys.stderr)
+        return 1
+    differ = sorted(k for k in digests if reference.get(k) != digests[k])
+    if differ:
+        print("golden_outputs: not added: this checkout's outputs differ from the golden "
+              f"revision's on this machine for {', '.join(differ)}", file=sys.stderr)
+        return 1
+    _write_golden([*envs, {"machine": label, "digests": digests}])
+    print(f"added {label} to {GOLDEN}", file=sys.stderr)
     return 0
 
 
