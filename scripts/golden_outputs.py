@@ -219,7 +219,8 @@ def reference_digests() -> Digests:
     rev = golden_revision()
     with tempfile.TemporaryDirectory(prefix="lcd-golden-") as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev,
-                                  "lcd_cli", "scripts/golden_outputs.py"],
+                                  "lcd_cli", "scripts/golden_outputs.py",
+                                  str(GOLDEN.relative_to(ROOT))],
                                  capture_output=True, check=False)
         if archive.returncode != 0:
             raise ReferenceUnavailable(f"git archive {rev[:10]}: "
