@@ -172,7 +172,7 @@ def machine_label() -> str:
     model = cpu.get("model name") or platform.processor() or "unknown CPU"
     mkl = next((line.strip(" -") for line in torch.__config__.show().splitlines()
                 if "Math Kernel Library" in line), "no MKL")
-    mkl = re.sub(r".*Library Version (\S+).*", r"MKL \1", mkl)
+    mkl = re.sub(r".*Library Version ([0-9.]+).*", r"MKL \1", mkl)
     return f"{model} ({vendor}), torch {torch.__version__}, {mkl}"
 
 
