@@ -176,13 +176,17 @@ def test_cuda_matches_cpu() -> None:
 
 
 def test_batched_solve_survives_a_singular_element() -> None:
+    """An element that LU finds exactly singular falls back to the minimum-norm least-squares
+    solution. Its rank-one matrix is built of powers of two, so that elimination cancels
+    exactly on every CPU: from random entries, MKL leaves a pivot of ~eps instead of 0 on Intel
+    CPUs (a finite solution of ~1e16, which is not a failed factorization)."""
     from lcd_cli.numerics.fit import _solve
 
     g = torch.Generator().manual_seed(3)
     m = torch.randn(5, 5, generator=g, dtype=torch.float64)
     good = m @ m.T + 5 * torch.eye(5, dtype=torch.float64)  # (5, 5) well conditioned
-    v = torch.randn(5, 1, generator=g, dtype=torch.float64)
-    singular = v @ v.T  # (5, 5) rank one: LU fails or is meaningless
+    v = 2.0 ** torch.tensor([[1.0], [-2.0], [3.0], [0.0], [-1.0]], dtype=torch.float64)  # (5, 1)
+    singular = v @ v.T  # (5, 5) rank one, exactly: LU meets a zero pivot
     a = torch.stack([good, singular])  # (2, 5, 5)
     b = torch.randn(2, 5, 1, generator=g, dtype=torch.float64)  # (2, 5, 1)
     x = _solve(a, b)

@@ -77,3 +77,23 @@ def test_distill_output_is_byte_identical(case: tuple, digests: dict[str, str],
     reference, source = expected
     name = golden.case_id(*case)
     assert digests[name] == reference[name], f"{name}: not the bytes of {source}"
+
+
+def test_environment_matching_needs_every_case() -> None:
+    envs = [{"machine": "a", "digests": {"x": "1", "y": "2"}},
+            {"machine": "b", "digests": {"x": "1", "y": "3"}}]
+    assert golden.matching_environment({"x": "1", "y": "3"}, envs)["machine"] == "b"
+    assert golden.matching_environment({"x": "1", "y": "4"}, envs) is None
+    assert golden.nearest_environment({"x": "0", "y": "3"}, envs)["machine"] == "b"
+
+
+def test_golden_revision_wrote_this_golden_file() -> None:
+    """The revision the fallback rebuilds holds this very golden file (skipped outside git)."""
+    try:
+        rev = golden.golden_revision()
+    except golden.ReferenceUnavailable as why:
+        pytest.skip(str(why))
+    shown = subprocess.run(["git", "-C", str(ROOT), "show",
+                            f"{rev}:{golden.GOLDEN.relative_to(ROOT)}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert json.loads(shown) == json.loads(golden.GOLDEN.read_text())

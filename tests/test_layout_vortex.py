@@ -119,11 +119,14 @@ def test_plan_refuses_what_the_engine_cannot_hold(tmp_path: Path) -> None:
 
 def test_tolerance_run_pads_to_one_state_size_and_verifies(tmp_path: Path) -> None:
     """--tol gives each LI layer its own order; the file holds one K (inert padding) and `lcd
-    verify` reads the layers back at their own orders and passes."""
+    verify` reads the layers back at their own orders and passes. The tolerance lies about 2x
+    from both layers' max errors at order 5 (7e-4 and 2.9e-3; order 4: 2e-2 and 1.2e-2), so
+    that they need orders 5 and 6 on any CPU (3e-3 was within 3 % of the second layer's
+    error: order 5 on Intel, 6 on AMD)."""
     ckpt = tmp_path / "evo2.safetensors"
     assert lcd("example", "evo2", "-o", ckpt).exit_code == 0
     out = tmp_path / "v.safetensors"
-    res = lcd("distill", ckpt, "--layout", "vortex", "--family", "evo2-li", "--tol", "3e-3",
+    res = lcd("distill", ckpt, "--layout", "vortex", "--family", "evo2-li", "--tol", "1.5e-3",
               "--max-order", 6, "--length", 151, "-o", out, "--device", "cpu")
     assert res.exit_code == 0, res.output
     report = yaml.safe_load((tmp_path / "v.report.yaml").read_text())
