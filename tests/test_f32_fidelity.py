@@ -46,10 +46,11 @@ def test_guard_brings_complex64_error_to_the_float64_error(length: int,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     """The bound: a channel's complex64 error within twice its float64 error plus the float32
-    evaluation floor of these slow modes. Without the guard the fit is exact in float64 and
+    evaluation floor of these slow modes. Without the guard the fit is accurate in float64 and
     breaks the bound in complex64 on some channel (f32eval >= 1 at L = 63, 1.5e-4 at
-    L = 1000; f64 ~1e-7 to 1e-5); with it every channel meets the bound and the fit stays
-    good. Channels the guard did not trigger on keep their parameters bit for bit."""
+    L = 1000; f64 ~1e-7 to 1.5e-5: MKL's rounding on Intel and AMD CPUs leads the LM to other
+    minima, so the precondition allows 1e-4); with it every channel meets the bound and the fit
+    stays good. Channels the guard did not trigger on keep their parameters bit for bit."""
 
     def bound(rel: torch.Tensor) -> torch.Tensor:
         return 2 * rel + 2e-5
@@ -58,7 +59,7 @@ def test_guard_brings_complex64_error_to_the_float64_error(length: int,
     with monkeypatch.context() as m:
         m.setattr(fit_mod, "_f32_guard", lambda h, p, r, e: (p, r, e))
         raw, raw_f32 = _scores(h, 4)
-    assert float(raw.rel_l2.max()) <= 1e-5
+    assert float(raw.rel_l2.max()) <= 1e-4
     assert bool((raw_f32 > bound(raw.rel_l2)).any())  # fragile: the guard has work to do
     fit, f32 = _scores(h, 4)
     assert bool((f32 <= bound(fit.rel_l2)).all()), (fit.rel_l2, f32)

@@ -156,12 +156,17 @@ _F32_SCREEN = 2.0
 # Poles within this angle of the real axis (|sin arg p| below it) are candidates for snapping
 # onto it: a near-real pole with a huge imaginary residue fakes a double pole (t p^t), which
 # complex64's log p cannot resolve near arg p = pi (its angle is pi -/+ eps, rounded to 2e-7).
-_SNAP_SIN = 1e-3
+# 3e-3 is the middle of the push angles' range below: a pole nearer the axis than the balanced
+# angle of its memory still carries the residue ~ c / phi the push would shrink (seen: a pole
+# at 2.2e-3 with residue 138 i, complex64 error 63x its float64 one at L = 1000).
+_SNAP_SIN = 3e-3
 # ... or moved to these angular distances from it: a complex mode r e^{i(pi - phi)} with a
 # moderate phi reproduces (a + c t)(-r)^t to O(t^2 phi^2) with residues ~ c / phi, which
 # complex64 resolves; balancing the two errors gives phi ~ (u pi / t)^(1/3), 1e-3..1e-2 for
-# memories t of 10..1000 steps (u the float32 unit roundoff), so a geometric grid around it.
-_PUSH_ANGLES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# memories t of 10..1000 steps (u the float32 unit roundoff), so a geometric grid around it, of
+# four points per decade: the two errors grow as phi^2 and 1/phi, so a half-decade step could
+# miss the balance by 3x (seen on a double pole at L = 63: complex64 error 5.7x the float64 one).
+_PUSH_ANGLES = (3e-4, 5.3e-4, 9.5e-4, 1.7e-3, 3e-3, 5.3e-3, 9.5e-3, 1.7e-2, 3e-2)
 # The same for two distinct poles closer than a separation d of this grid in log-pole space
 # (|log p_i - log p_j| < d): a fake double pole at a complex q, A (q_i^t - q_j^t) ~ A d t q^t,
 # moved apart to d about their midpoint, which bounds their residues to ~ 1 / d.
