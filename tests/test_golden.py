@@ -60,13 +60,13 @@ def expected(digests: dict[str, str]) -> tuple[dict[str, str], str]:
     cannot rebuild it, the nearest recorded environment, with the reason."""
     match = golden.matching_environment(digests, ENVIRONMENTS)
     if match is not None:
-        return match["digests"], f"recorded for {match['machine']}"
+        return match["digests"], f"the digests recorded for {match['machine']}"
     try:
         return golden.reference_digests(), "the golden revision's outputs, rebuilt on this machine"
     except golden.ReferenceUnavailable as why:
         nearest = golden.nearest_environment(digests, ENVIRONMENTS)
         return nearest["digests"], (
-            f"recorded for {nearest['machine']}; no recorded environment matches this machine "
+            f"the digests recorded for {nearest['machine']}; no recorded environment matches this machine "
             f"on every case, and the golden revision could not be rebuilt here ({why}). Run "
             "`python scripts/golden_outputs.py --add` on this machine in a full git checkout")
 
