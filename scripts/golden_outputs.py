@@ -191,20 +191,25 @@ def nearest_environment(digests: Digests, envs: list[dict]) -> dict:
     return max(envs, key=lambda env: sum(env["digests"].get(k) == v for k, v in digests.items()))
 
 
-def _git(*args: str) -> str:
-    run = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                         check=False)
+def _git_bytes(*args: str) -> bytes:
+    """Output of `git -C ROOT ARGS`; ReferenceUnavailable when git fails or is missing."""
+    try:
+        run = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, check=False)
+    except FileNotFoundError as exc:  # no git program
+        raise ReferenceUnavailable("git is not installed") from exc
     if run.returncode != 0:
-        raise ReferenceUnavailable(f"git {' '.join(args)}: {run.stderr.strip() or 'failed'}")
+        err = run.stderr.decode(errors="replace").strip() or "failed"
+        raise ReferenceUnavailable(f"git {' '.join(args[:2])}: {err}")
     return run.stdout
+
+
+def _git(*args: str) -> str:
+    return _git_bytes(*args).decode()
 
 
 def golden_revision() -> str:
     """The last commit that wrote the golden file, whose code made every recorded digest."""
-    try:
-        rev = _git("log", "-1", "--format=%H", "--", str(GOLDEN.relative_to(ROOT))).strip()
-    except FileNotFoundError as exc:  # no git program
-        raise ReferenceUnavailable("git is not installed") from exc
+    rev = _git("log", "-1", "--format=%H", "--", str(GOLDEN.relative_to(ROOT))).strip()
     if not rev:
         raise ReferenceUnavailable(f"no commit in this checkout's history wrote {GOLDEN.name}")
     if _git("show", f"{rev}:{GOLDEN.relative_to(ROOT)}") != GOLDEN.read_text():
@@ -218,14 +223,9 @@ def reference_digests() -> Digests:
     fresh interpreter with torch's AVX2 kernels and one thread, as `--json` runs here."""
     rev = golden_revision()
     with tempfile.TemporaryDirectory(prefix="lcd-golden-") as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev,
-                                  "lcd_cli", "scripts/golden_outputs.py",
-                                  str(GOLDEN.relative_to(ROOT))],
-                                 capture_output=True, check=False)
-        if archive.returncode != 0:
-            raise ReferenceUnavailable(f"git archive {rev[:10]}: "
-                                       f"{archive.stderr.decode(errors='replace').strip()}")
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        archive = _git_bytes("archive", "--format=tar", rev, "lcd_cli",
+                             "scripts/golden_outputs.py", str(GOLDEN.relative_to(ROOT)))
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse odd members
                 tar.extractall(tmp, filter="data")
             else:
@@ -282,8 +282,8 @@ def main() -> int:
         return 1
     for name, value in digests.items():
         print(f"{value}  {name}")
-    label = machine_label()
     if args.write:
+        label = machine_label()
         _write_golden([{"machine": label, "digests": digests}])
         print(f"wrote {GOLDEN} (one environment: {label})", file=sys.stderr)
         return 0
@@ -303,6 +303,7 @@ def main() -> int:
         print("golden_outputs: not added: this checkout's outputs differ from the golden "
               f"revision's on this machine for {', '.join(differ)}", file=sys.stderr)
         return 1
+    label = machine_label()
     _write_golden([*envs, {"machine": label, "digests": digests}])
     print(f"added {label} to {GOLDEN}", file=sys.stderr)
     return 0
