@@ -4,6 +4,8 @@ what error it reaches, from one pass that refines every restart for every channe
 
     python scripts/restart_policy.py --example hyenadna --length 8192 --channels 256
     python scripts/restart_policy.py --quick     # a small run that checks the replay
+    python scripts/restart_policy.py --seed 1 --compare 20134   # another draw of the example,
+                                                 # with one given order of the restarts too
 
 `fit_modal` runs as `lcd distill` calls it (N = --order, 64-channel chunks). At each chunk's
 restart step this script records the chunk's fits so far and refines all five restarts of
@@ -92,18 +94,29 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--order", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the example's weights")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="ORDER",
+                    help="orders of the restarts to replay as well, as digits (e.g. 20134: "
+                         "_RESTARTS[2] first)")
     ap.add_argument("--quick", action="store_true", help="64 channels at L = 1000, N = 8")
     args = ap.parse_args()
     if args.quick:
         args.length, args.channels, args.order = 1000, 64, 8
     torch.set_num_threads(1)
     keep_freed_memory()
-    h = example_kernels(args.example, args.length, args.channels).to(torch.float64)
+    count = len(fit._RESTARTS)
+    compare = []
+    for text in args.compare:
+        o = tuple(int(ch) for ch in text if ch.isdigit())
+        if sorted(o) != list(range(count)):
+            ap.error(f"--compare {text}: an order must use each of the digits 0..{count - 1} once")
+        compare.append(o)
+    h = example_kernels(args.example, args.length, args.channels, args.seed).to(torch.float64)
     t0 = time.perf_counter()
     chunks = record(h, args.order)
-    print(f"{args.example} L={args.length} C={args.channels} N={args.order}: "
+    print(f"{args.example} L={args.length} C={args.channels} N={args.order} seed={args.seed}: "
           f"{len(chunks)} chunks recorded in {time.perf_counter() - t0:.1f} s")
-    current = tuple(range(len(fit._RESTARTS)))
+    current = tuple(range(count))
     rel, rows = replay(chunks, current, fit._RESTART_FACTOR)
     fitted = torch.cat([fit._relative(after, h) for h, _, _, after in chunks])
     if not torch.equal(rel, fitted):
@@ -112,6 +125,8 @@ def main() -> None:
     print("| policy | rows | rel_l2 median | mean | p90 | max |")
     print("|---|---:|---:|---:|---:|---:|")
     print(row(f"current (factor {fit._RESTART_FACTOR:g})", rel, rows))
+    for o in compare:
+        print(row(f"given order {o}", *replay(chunks, o, fit._RESTART_FACTOR)))
     for factor in (1.5, 2.5, 3.0, 4.0):
         print(row(f"factor {factor:g}", *replay(chunks, current, factor)))
     orders = sorted(itertools.permutations(current),
