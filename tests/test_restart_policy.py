@@ -12,20 +12,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_replay_of_the_current_policy_is_the_fitters_result() -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "restart_policy.py"), "--quick"],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr
-    assert "equal to the fitter's errors, bit for bit" in run.stdout
-    table = [line for line in run.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) >= 10  # header, the current policy, thresholds, orders, subsets
-
-
 def _policy(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "restart_policy.py"), "--quick",
                            *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_replay_of_the_current_policy_is_the_fitters_result() -> None:
+    run = _policy()
+    assert run.returncode == 0, run.stderr
+    assert "equal to the fitter's errors, bit for bit" in run.stdout
+    table = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) >= 10  # header, the current policy, thresholds, orders, subsets
 
 
 def test_a_given_order_replays_like_the_policy_it_names() -> None:
